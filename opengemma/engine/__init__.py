@@ -1,0 +1,1 @@
+"""Inference on token ids: sampling (pure functions) and generation loops. Knows nothing of text."""

@@ -1,0 +1,257 @@
+"""The Gemma 1/2/3 text decoder in one file, read top to bottom.
+
+Dims: B batch, T new tokens, S cache slots (keys), V vocab, C d_model, H query heads, K key/value heads,
+G = H // K queries per key/value head, D head_dim, F d_ff (per projection).
+
+Generations differ only by GemmaConfig switches: attention soft-capping and final-logit soft-capping
+(Gemma 2), sandwich norms (2/3), QK-norm (3), sliding-window layers with their own RoPE base (2/3),
+query_pre_attn_scalar. Numerics follow the reference implementation (google-deepmind/gemma and
+transformers' Gemma): see ../shared/docs/PITFALLS.md, cited below as P#.
+
+Positions and the KV cache: the cache is preallocated (B, K, S, D) per layer and indexed by *slot*.
+`input_pos` (T,) gives the slots of the new tokens, shared by all rows so that writing the cache is one
+index_copy (compile-friendly). Rows of a batch may be left-padded by `pad` (B,) slots: a row's RoPE
+position is slot - pad, and it never attends to its padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import LAYER_LOCAL, GemmaConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * (1 + w), all in float32, cast back at the very end (P1).
+
+    Checkpoints store w (zero-centred), not 1 + w: converters must not add the 1 twice.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+def rope_inv_freq(head_dim: int, base: float, scaling: float = 1.0) -> torch.Tensor:
+    """Inverse frequencies (D/2,), float32. Linear scaling divides them (position interpolation)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (base**exponent) / scaling
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (first half of D pairs with second half, not interleaved pairs; P4).
+
+    x (B, n, T, D); cos, sin (B, 1, T, D/2) float32. Rotation in float32, cast back.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, n, T, D/2) each
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values (B, K, S, D), written in place at the given slots."""
+
+    def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # input_pos (T,); k, v (B, K, T, D)
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v  # (B, K, S, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GemmaConfig, layer_idx: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.is_local = cfg.layer_types[layer_idx] == LAYER_LOCAL
+        self.scale = cfg.query_pre_attn_scalar**-0.5  # Gemma 1: head_dim; Gemma 2/3: per model (P7)
+        self.softcap = cfg.attn_softcap
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                input_pos: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D)
+        k = self.k_proj(x).view(B, T, K, D)
+        v = self.v_proj(x).view(B, T, K, D)
+        if self.q_norm is not None:  # Gemma 3 QK-norm, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None:
+            if self.kv_cache is None:
+                raise RuntimeError("input_pos given but no KV cache: call model.setup_cache() first")
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, K, S, D)
+
+        if self.softcap is None:
+            # mask (B, 1, T, S) bool, True = attend; SDPA does the softmax in float32 internally
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=K != H)
+        else:
+            # Soft-capping sits between the scores and the softmax, which SDPA cannot express.
+            k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(H // K, dim=1)
+            scores = (q.float() @ k.float().transpose(-2, -1)) * self.scale  # (B, H, T, S)
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+            scores = scores.masked_fill(~mask, float("-inf"))
+            y = (scores.softmax(dim=-1) @ v.float()).type_as(q)  # softmax in float32 (P4)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x)); GELU is the tanh approximation (P3)."""
+
+    def __init__(self, cfg: GemmaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GemmaConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        # Gemma 2/3 "sandwich": normalize each sub-layer's output before the residual add too.
+        self.post_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
+        self.post_mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
+
+    def forward(self, x, cos, sin, mask, input_pos):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, input_pos))
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
+
+
+class Gemma(nn.Module):
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.init_rope()
+
+    def init_rope(self) -> None:
+        """(Re)compute the RoPE frequency buffers, e.g. after building on the meta device."""
+        c = self.config
+        device = self.embed.weight.device if self.embed.weight.device.type != "meta" else None
+        self.register_buffer("inv_freq_global", rope_inv_freq(c.head_dim, c.rope_base, c.rope_scaling_factor).to(device),
+                             persistent=False)
+        self.register_buffer("inv_freq_local", rope_inv_freq(c.head_dim, c.rope_local_base).to(device),
+                             persistent=False)
+
+    # -- KV cache ------------------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> None:
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds the model's context of {self.config.max_seq_len}")
+        dtype = dtype or self.embed.weight.dtype
+        device = device or self.embed.weight.device
+        for layer in self.layers:
+            layer.attn.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
+                                          dtype, device)
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attn.kv_cache = None
+
+    @property
+    def cache_len(self) -> int:
+        cache = self.layers[0].attn.kv_cache
+        return 0 if cache is None else cache.k.shape[2]
+
+    # -- forward -------------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
+                pad: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
+
+        input_pos None: plain causal forward over positions 0..T-1, no cache.
+        input_pos (T,): the cache slots of these tokens; keys are every slot of the cache.
+        pad (B,): left-padding slots per row (ragged batches); defaults to none.
+        """
+        B, T = tokens.shape
+        c = self.config
+        device = tokens.device
+        if input_pos is None:
+            q_slot = torch.arange(T, device=device)  # (T,)
+            S = T
+        else:
+            q_slot = input_pos
+            S = self.cache_len
+        k_slot = torch.arange(S, device=device)  # (S,)
+
+        # RoPE positions (B, T): slot minus the row's left padding
+        pos = q_slot.unsqueeze(0).expand(B, T)
+        if pad is not None:
+            pos = (pos - pad.view(B, 1)).clamp(min=0)
+        pos = pos.float()
+        cos_sin = {}
+        for kind, inv_freq in (("global", self.inv_freq_global), ("local", self.inv_freq_local)):
+            angles = (pos.unsqueeze(-1) * inv_freq).unsqueeze(1)  # (B, 1, T, D/2) float32 (P4)
+            cos_sin[kind] = (angles.cos(), angles.sin())
+
+        # Masks (B, 1, T, S), True = may attend. A padding query attends to itself only, which keeps
+        # its (unused) output finite so that no NaN reaches real rows through the cache.
+        causal = k_slot.view(1, S) <= q_slot.view(T, 1)  # (T, S)
+        mask = causal.view(1, 1, T, S)
+        if pad is not None:
+            not_pad = k_slot.view(1, 1, S) >= pad.view(B, 1, 1)  # (B, 1, S)
+            diag = k_slot.view(1, S) == q_slot.view(T, 1)  # (T, S)
+            mask = (mask & not_pad.view(B, 1, 1, S)) | diag.view(1, 1, T, S)
+        masks = {"global": mask.expand(B, 1, T, S)}
+        if c.sliding_window is not None:
+            in_window = (q_slot.view(T, 1) - k_slot.view(1, S)) < c.sliding_window  # (T, S)
+            masks["local"] = (mask & in_window.view(1, 1, T, S)).expand(B, 1, T, S)
+
+        x = self.embed(tokens)  # (B, T, C)
+        # sqrt(d_model) cast to the activation dtype first, as the reference does (P2)
+        x = x * torch.tensor(c.embed_scale, dtype=x.dtype, device=device)
+        for layer in self.layers:
+            kind = "local" if layer.attn.is_local else "global"
+            x = layer(x, *cos_sin[kind], masks[kind], input_pos)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, weight)  # (B, T, V)
+        if c.final_softcap is not None:
+            logits = (torch.tanh(logits.float() / c.final_softcap) * c.final_softcap).type_as(x)
+        return logits
+
+
+def num_params(model: nn.Module, embedding: bool = True) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if not embedding:
+        n -= model.embed.weight.numel()
+        if model.lm_head is not None:
+            n -= model.lm_head.weight.numel()
+    return n

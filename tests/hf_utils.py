@@ -1,0 +1,28 @@
+"""Build tiny random transformers Gemma models from opengemma presets (the reference for parity tests)."""
+import torch
+import transformers
+
+from opengemma.config import GemmaConfig
+
+HF_CLASSES = {
+    "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+    "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+}
+
+
+def make_hf_model(cfg: GemmaConfig, seed: int = 0):
+    """A transformers model of this config with random weights, norms included (nonzero)."""
+    hf_cfg_dict = cfg.to_hf_config()
+    cfg_cls, model_cls = HF_CLASSES[cfg.family]
+    hf_cfg = cfg_cls(**{k: v for k, v in hf_cfg_dict.items() if k not in ("architectures", "model_type")})
+    hf_cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = model_cls(hf_cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.5)  # zero-init norms would hide a (1 + w) bug
+            elif "embed" in name:
+                p.normal_(0, 0.1)
+    return model
