@@ -260,8 +260,10 @@ def _convert_gguf_to_cache(gguf_path: Path, dst: Path, name: str, progress: bool
     from .weights.gguf import load_gguf, metadata
 
     model, reader = load_gguf(gguf_path, dtype=torch.float32, device="cpu", progress=progress)
-    tokenizer = Tokenizer.from_gguf(reader)
     meta = metadata(reader)
+    tokenizer = None
+    if "tokenizer.ggml.tokens" in reader.fields:
+        tokenizer = Tokenizer.from_gguf(reader)
     it = bool(meta.get("tokenizer.chat_template")) or name.lower().endswith("-it")
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -125,6 +125,8 @@ def config_from_gguf(reader, source: str = "gguf") -> GemmaConfig:
         # llama.cpp: the 27B models scale queries by (d_model / n_heads)^-0.5, all others by head_dim^-0.5
         big = (arch == "gemma2" and n_layers == 46) or (arch == "gemma3" and n_layers == 62)
         cfg["query_pre_attn_scalar"] = d // n_heads if big else head_dim
+        if f"{arch}.attention.query_pre_attn_scalar" in meta:  # written by opengemma: exact
+            cfg["query_pre_attn_scalar"] = float(meta[f"{arch}.attention.query_pre_attn_scalar"])
         pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
         default_p = 2 if arch == "gemma2" else 6
         if isinstance(pattern, list):  # per-layer flags: True = sliding
@@ -174,7 +176,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
             arr = gguf.quants.dequantize(t.data, t.tensor_type)
         except Exception as e:  # truncated data or an unknown type
             raise CheckpointError(f"{path}: cannot read tensor {theirs} ({t.tensor_type.name}): {e}") from None
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(expected[ours])
+        # F32 tensors come straight from the read-only memory map: copy those, not the dequantized ones
+        arr = np.array(arr, dtype=np.float32, copy=not arr.flags.writeable or arr.dtype != np.float32)
+        x = torch.from_numpy(arr).reshape(expected[ours])
         if is_norm(ours):
             x = x - 1.0  # llama.cpp stores 1 + w
         state[ours] = x.to(device=device, dtype=dtype)
@@ -216,6 +220,8 @@ def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32"
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(cfg.sliding_window or cfg.max_seq_len)
         w.add_array(f"{arch}.attention.sliding_window_pattern", [t == LAYER_LOCAL for t in cfg.layer_types])
+        # llama.cpp derives the query scale from the model size; store ours exactly (an extra key it ignores)
+        w.add_float64(f"{arch}.attention.query_pre_attn_scalar", float(cfg.query_pre_attn_scalar))
     if arch == "gemma2":
         w.add_attn_logit_softcapping(cfg.attn_softcap)
         w.add_final_logit_softcapping(cfg.final_softcap)
