@@ -1,0 +1,28 @@
+# Two commands for a fresh machine:
+#   make run    install opengemma + the default model (Gemma 3 270M), then generate text with it
+#   make test   install the test dependencies, then run the whole test suite (quick + real-model tiers)
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+PROMPT ?= The capital of France is
+
+.PHONY: run test test-quick test-slow install install-test
+
+install:
+	# torch first, pinned: the CPU build on this machine's disk (an unpinned torch pulls a multi-GB CUDA build)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[default-model]"
+
+install-test: install
+	$(PIP) install -q -e ".[default-model,test]"
+
+run: install
+	$(PYTHON) -m opengemma.cli generate "$(PROMPT)" --max-new-tokens 40
+
+test: install-test
+	$(PYTHON) -m pytest -q
+
+test-quick: install-test
+	$(PYTHON) -m pytest -q -m "not real_model"
+
+test-slow: install-test
+	$(PYTHON) -m pytest -q --run-slow
