@@ -79,7 +79,7 @@ class LLM:
         return self.model.config
 
     def __repr__(self) -> str:
-        p = self.model.embed.weight
+        p = self.model.norm.weight
         return f"LLM({self.name!r}, {p.dtype}, {p.device}, instruction_tuned={self.instruction_tuned})"
 
     def _require_tokenizer(self) -> Tokenizer:

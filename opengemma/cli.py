@@ -140,7 +140,7 @@ def cmd_convert(args) -> int:
     else:
         from .api import resolve_dtype
 
-        dtype = resolve_dtype(args.dtype or "float32", llm.model.embed.weight.device)
+        dtype = resolve_dtype(args.dtype or "float32", llm.model.norm.weight.device)
         save_hf_dir(llm.model, dst, tokenizer=llm.tokenizer, dtype=dtype)
     print(f"wrote {dst}", file=sys.stderr)
     return 0

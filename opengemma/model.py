@@ -8,10 +8,13 @@ Generations differ only by GemmaConfig switches: attention soft-capping and fina
 query_pre_attn_scalar. Numerics follow the reference implementation (google-deepmind/gemma and
 transformers' Gemma): see ../shared/docs/PITFALLS.md, cited below as P#.
 
-Positions and the KV cache: the cache is preallocated (B, K, S, D) per layer and indexed by *slot*.
-`input_pos` (T,) gives the slots of the new tokens, shared by all rows so that writing the cache is one
-index_copy (compile-friendly). Rows of a batch may be left-padded by `pad` (B,) slots: a row's RoPE
-position is slot - pad, and it never attends to its padding.
+Positions and the KV cache: caches are preallocated (B, K, S, D) per layer and written in place
+(compile-friendly, no reallocation). Global layers keep every position (S = max_len); sliding-window
+layers keep a ring buffer of S = window + prefill chunk slots (position p lives in slot p % S), which is
+all a window-limited query can see, even within a chunk. `input_pos` (T,) gives the positions of the new
+tokens, shared by all rows; rows of a batch may be left-padded by `pad` (B,): a row's RoPE position is
+input_pos - pad, and it never attends to its padding. The absolute position held by each slot is kept
+per layer kind (-1 = empty), and masks are built from it.
 """
 
 from __future__ import annotations
@@ -65,11 +68,18 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # input_pos (T,); k, v (B, K, T, D)
-        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # slots (T,); k, v (B, K, T, D)
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
         return self.k, self.v  # (B, K, S, D)
+
+
+class Embedding(nn.Embedding):
+    """Token embedding that also serves as the tied output layer (logits = x @ E^T)."""
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
 
 
 class Attention(nn.Module):
@@ -91,7 +101,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                input_pos: torch.Tensor | None) -> torch.Tensor:
+                slots: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D)
@@ -101,10 +111,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if input_pos is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("input_pos given but no KV cache: call model.setup_cache() first")
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, K, S, D)
+        if slots is not None:
+            k, v = self.kv_cache.update(slots, k, v)  # (B, K, S, D)
 
         if self.softcap is None:
             # mask (B, 1, T, S) bool, True = attend; SDPA does the softmax in float32 internally
@@ -145,8 +153,8 @@ class Block(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
         self.post_mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
 
-    def forward(self, x, cos, sin, mask, input_pos):
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, input_pos))
+    def forward(self, x, cos, sin, mask, slots):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, slots))
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
 
@@ -154,7 +162,7 @@ class Gemma(nn.Module):
     def __init__(self, config: GemmaConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed = Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -163,7 +171,7 @@ class Gemma(nn.Module):
     def init_rope(self) -> None:
         """(Re)compute the RoPE frequency buffers, e.g. after building on the meta device."""
         c = self.config
-        device = self.embed.weight.device if self.embed.weight.device.type != "meta" else None
+        device = self.norm.weight.device if self.norm.weight.device.type != "meta" else None
         self.register_buffer("inv_freq_global", rope_inv_freq(c.head_dim, c.rope_base, c.rope_scaling_factor).to(device),
                              persistent=False)
         self.register_buffer("inv_freq_local", rope_inv_freq(c.head_dim, c.rope_local_base).to(device),
@@ -171,23 +179,33 @@ class Gemma(nn.Module):
 
     # -- KV cache ------------------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None) -> None:
-        if max_len > self.config.max_seq_len:
-            raise ValueError(f"cache length {max_len} exceeds the model's context of {self.config.max_seq_len}")
-        dtype = dtype or self.embed.weight.dtype
-        device = device or self.embed.weight.device
+                    device: torch.device | str | None = None, prefill_chunk: int = 512) -> None:
+        """Preallocate caches for `batch_size` rows and positions < max_len, fed at most `prefill_chunk`
+        tokens per forward. Sliding-window layers get a ring of window + prefill_chunk slots."""
+        c = self.config
+        if max_len > c.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds the model's context of {c.max_seq_len}")
+        dtype = dtype or self.norm.weight.dtype  # the activation dtype (norms are never quantized)
+        device = device or self.norm.weight.device
+        self.prefill_chunk = prefill_chunk
+        lengths = {"global": max_len, "local": min(max_len, (c.sliding_window or 0) + prefill_chunk)}
         for layer in self.layers:
-            layer.attn.kv_cache = KVCache(batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
-                                          dtype, device)
+            S = lengths["local" if layer.attn.is_local else "global"]
+            layer.attn.kv_cache = KVCache(batch_size, c.n_kv_heads, S, c.head_dim, dtype, device)
+        for kind, S in lengths.items():  # absolute position held by each slot, -1 = empty
+            self.register_buffer(f"slot_pos_{kind}", torch.full((S,), -1, dtype=torch.long, device=device),
+                                 persistent=False)
 
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.attn.kv_cache = None
+        for kind in ("global", "local"):
+            self.register_buffer(f"slot_pos_{kind}", None, persistent=False)
 
     @property
     def cache_len(self) -> int:
-        cache = self.layers[0].attn.kv_cache
-        return 0 if cache is None else cache.k.shape[2]
+        pos = getattr(self, "slot_pos_global", None)
+        return 0 if pos is None else pos.shape[0]
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
@@ -195,22 +213,29 @@ class Gemma(nn.Module):
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         input_pos None: plain causal forward over positions 0..T-1, no cache.
-        input_pos (T,): the cache slots of these tokens; keys are every slot of the cache.
-        pad (B,): left-padding slots per row (ragged batches); defaults to none.
+        input_pos (T,): positions of these tokens, written to the cache; keys are everything cached.
+        pad (B,): left-padding positions per row (ragged batches); defaults to none.
         """
         B, T = tokens.shape
         c = self.config
         device = tokens.device
+        kinds = ("global", "local") if c.sliding_window is not None else ("global",)
         if input_pos is None:
-            q_slot = torch.arange(T, device=device)  # (T,)
-            S = T
+            q_pos = torch.arange(T, device=device)  # (T,)
+            keys = {kind: (q_pos, None) for kind in kinds}
         else:
-            q_slot = input_pos
-            S = self.cache_len
-        k_slot = torch.arange(S, device=device)  # (S,)
+            if getattr(self, "slot_pos_global", None) is None:
+                raise RuntimeError("input_pos given but no KV cache: call model.setup_cache() first")
+            q_pos = input_pos
+            keys = {}
+            for kind in kinds:
+                slot_pos = getattr(self, f"slot_pos_{kind}")
+                slots = input_pos % slot_pos.shape[0]  # (T,) ring-buffer slots (identity for global)
+                slot_pos.index_copy_(0, slots, input_pos)
+                keys[kind] = (slot_pos, slots)
 
-        # RoPE positions (B, T): slot minus the row's left padding
-        pos = q_slot.unsqueeze(0).expand(B, T)
+        # RoPE positions (B, T): position minus the row's left padding
+        pos = q_pos.unsqueeze(0).expand(B, T)
         if pad is not None:
             pos = (pos - pad.view(B, 1)).clamp(min=0)
         pos = pos.float()
@@ -221,28 +246,30 @@ class Gemma(nn.Module):
 
         # Masks (B, 1, T, S), True = may attend. A padding query attends to itself only, which keeps
         # its (unused) output finite so that no NaN reaches real rows through the cache.
-        causal = k_slot.view(1, S) <= q_slot.view(T, 1)  # (T, S)
-        mask = causal.view(1, 1, T, S)
-        if pad is not None:
-            not_pad = k_slot.view(1, 1, S) >= pad.view(B, 1, 1)  # (B, 1, S)
-            diag = k_slot.view(1, S) == q_slot.view(T, 1)  # (T, S)
-            mask = (mask & not_pad.view(B, 1, 1, S)) | diag.view(1, 1, T, S)
-        masks = {"global": mask.expand(B, 1, T, S)}
-        if c.sliding_window is not None:
-            in_window = (q_slot.view(T, 1) - k_slot.view(1, S)) < c.sliding_window  # (T, S)
-            masks["local"] = (mask & in_window.view(1, 1, T, S)).expand(B, 1, T, S)
+        masks = {}
+        for kind in kinds:
+            k_pos = keys[kind][0]  # (S,)
+            S = k_pos.shape[0]
+            qq, kk = q_pos.view(T, 1), k_pos.view(1, S)
+            mask = (kk <= qq) & (kk >= 0)  # (T, S) causal, filled slots only
+            if kind == "local":
+                mask = mask & (qq - kk < c.sliding_window)
+            mask = mask.view(1, 1, T, S)
+            if pad is not None:
+                not_pad = (kk.view(1, S) >= pad.view(B, 1)).view(B, 1, 1, S)
+                mask = (mask & not_pad) | (kk == qq).view(1, 1, T, S)
+            masks[kind] = mask.expand(B, 1, T, S)
 
         x = self.embed(tokens)  # (B, T, C)
         # sqrt(d_model) cast to the activation dtype first, as the reference does (P2)
         x = x * torch.tensor(c.embed_scale, dtype=x.dtype, device=device)
         for layer in self.layers:
             kind = "local" if layer.attn.is_local else "global"
-            x = layer(x, *cos_sin[kind], masks[kind], input_pos)
+            x = layer(x, *cos_sin[kind], masks[kind], keys[kind][1])
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight)  # (B, T, V)
+        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)  # (B, T, V)
         if c.final_softcap is not None:
             logits = (torch.tanh(logits.float() / c.final_softcap) * c.final_softcap).type_as(x)
         return logits

@@ -1,7 +1,14 @@
-"""Prefill then cached decode, for a batch of ragged prompts (left-padded; each row stops on its own)."""
+"""Prefill then cached decode, for a batch of ragged prompts (left-padded; each row stops on its own).
+
+The static decode path (gpt-fast style): caches are preallocated, one decode step is a pure function of
+tensors with static shapes (tokens (B,), position (1,), sampling parameters (B,)) that torch.compile
+captures whole (fullgraph, no graph breaks; CUDA graphs on GPU). Sampled tokens stay on the device and
+are read by the host only every `sync_every` steps, so the GPU never idles waiting for Python.
+"""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +29,50 @@ class GenerationOutput:
     stop_token: int | None = None
 
 
+def decode_step(model: Gemma, tok: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor,
+                temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor,
+                greedy: bool, max_k: int | None) -> torch.Tensor:
+    """One token per row: tok (B,) at position input_pos (1,) -> next token (B,)."""
+    logits = model(tok.view(-1, 1), input_pos, pad=pad)[:, -1]  # (B, V)
+    if greedy:
+        return logits.argmax(dim=-1)
+    return sample(logits, temperature, top_k, top_p, u, max_k)
+
+
+_compiled: "weakref.WeakKeyDictionary[Gemma, Callable]" = weakref.WeakKeyDictionary()
+
+
+def compiled_decode_step(model: Gemma) -> Callable:
+    """torch.compile'd decode_step for this model: whole-graph, static shapes; CUDA graphs on GPU."""
+    fn = _compiled.get(model)
+    if fn is None:
+        on_cuda = model.norm.weight.device.type == "cuda"
+        fn = torch.compile(decode_step, fullgraph=True, dynamic=False,
+                           mode="reduce-overhead" if on_cuda else None)
+        _compiled[model] = fn
+    return fn
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (<bos>)")
+    longest = max(len(p) for p in prompts)
+    if longest >= context:
+        raise PromptTooLongError(f"prompt has {longest} tokens; the model's context is {context} tokens "
+                                 f"(at most {context - 1} prompt tokens leave room for one new token)")
+    return longest
+
+
+def prefill(model: Gemma, tokens: torch.Tensor, pad: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """Feed (B, L) prompt tokens through the cache in chunks; returns the last position's logits (B, V)."""
+    L = tokens.shape[1]
+    device = tokens.device
+    for s in range(0, L, chunk):
+        e = min(s + chunk, L)
+        logits = model(tokens[:, s:e], torch.arange(s, e, device=device), pad=pad, last_only=True)
+    return logits[:, -1]
+
+
 @torch.inference_mode()
 def generate(
     model: Gemma,
@@ -33,62 +84,80 @@ def generate(
     seed: int | None = None,
     stop_ids: Sequence[int] = (),
     on_token: Callable[[int, int], bool | None] | None = None,
+    *,
+    prefill_chunk: int = 512,
+    compile: bool | None = None,
+    sync_every: int | None = None,
 ) -> list[GenerationOutput]:
     """Generate for each prompt (lists of ids, <bos> included).
 
     on_token(row, token) is called for every generated token (not stop tokens); returning True stops
-    that row (stop strings are found this way by the text layer).
+    that row (stop strings are found this way by the text layer). compile: None = on for CUDA.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (<bos>)")
     ctx = model.config.max_seq_len
+    longest = check_prompts(prompts, ctx)
     lengths = [len(p) for p in prompts]
-    longest = max(lengths)
-    if longest >= ctx:
-        raise PromptTooLongError(f"prompt has {longest} tokens; the model's context is {ctx} tokens "
-                                 f"(at most {ctx - 1} prompt tokens leave room for one new token)")
     max_new_tokens = max(0, min(max_new_tokens, ctx - longest))
     B = len(prompts)
-    device = model.embed.weight.device
+    device = model.norm.weight.device
     outputs = [GenerationOutput() for _ in prompts]
     if max_new_tokens == 0:
         return outputs
+    on_cuda = device.type == "cuda"
+    compile = on_cuda if compile is None else compile
+    sync_every = sync_every or (8 if on_cuda else 1)
 
-    pad_id = model.config.pad_id
-    tokens = torch.full((B, longest), pad_id, dtype=torch.long)
+    tokens = torch.full((B, longest), model.config.pad_id, dtype=torch.long)
     for b, p in enumerate(prompts):
         tokens[b, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
     tokens = tokens.to(device)
     pad = torch.tensor([longest - n for n in lengths], device=device)
-    temp = as_row_tensor(temperature, B, torch.float32, device)
-    tk = as_row_tensor(top_k, B, torch.long, device)
+    temps = [temperature] * B if isinstance(temperature, (int, float)) else list(temperature)
+    ks = [top_k] * B if isinstance(top_k, int) else list(top_k)
+    greedy = all(t <= 0 for t in temps)
+    max_k = max(ks) if all(k > 0 for k in ks) else None
+    temp = as_row_tensor(temps, B, torch.float32, device)
+    tk = as_row_tensor(ks, B, torch.long, device)
     tp = as_row_tensor(top_p, B, torch.float32, device)
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
-    stop = torch.tensor(list(stop_ids) or [-1], device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    stop_set = set(stop_ids)
+    step_fn = compiled_decode_step(model) if compile else decode_step
 
-    model.setup_cache(B, longest + max_new_tokens)
+    def draw() -> torch.Tensor:
+        return torch.rand(B, generator=gen, device=device) if not greedy else torch.zeros(B, device=device)
+
+    chunk = max(1, min(prefill_chunk, longest))
+    model.setup_cache(B, longest + max_new_tokens, prefill_chunk=chunk)
     try:
-        logits = model(tokens, torch.arange(longest, device=device), pad=pad, last_only=True)  # (B, 1, V)
+        logits = prefill(model, tokens, pad, chunk)
+        tok = logits.argmax(-1) if greedy else sample(logits, temp, tk, tp, draw(), max_k)  # (B,)
+        produced = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
+        produced[:, 0] = tok
         done = [False] * B
-        for step in range(max_new_tokens):
-            nxt = sample(logits[:, -1], temp, tk, tp, gen)  # (B,)
-            is_stop = torch.isin(nxt, stop)
-            for b, (tok, st) in enumerate(zip(nxt.tolist(), is_stop.tolist())):
-                if done[b]:
-                    continue
-                if st:
-                    outputs[b].finish_reason, outputs[b].stop_token, done[b] = "stop", tok, True
-                    continue
-                outputs[b].tokens.append(tok)
-                if on_token is not None and on_token(b, tok):
-                    outputs[b].finish_reason, done[b] = "stop", True
-            if all(done) or step == max_new_tokens - 1:
+        read = 0
+        pos = torch.tensor([longest], device=device)
+        for step in range(1, max_new_tokens + 1):
+            # host side: read what the device produced since the last sync, in order
+            if step % sync_every == 0 or step == max_new_tokens:
+                for b, row in enumerate(produced[:, read:step].tolist()):
+                    for t in row:
+                        if done[b]:
+                            break
+                        if t in stop_set:
+                            outputs[b].finish_reason, outputs[b].stop_token, done[b] = "stop", t, True
+                        else:
+                            outputs[b].tokens.append(t)
+                            if on_token is not None and on_token(b, t):
+                                outputs[b].finish_reason, done[b] = "stop", True
+                read = step
+                if all(done):
+                    break
+            if step == max_new_tokens:
                 break
-            pos = torch.tensor([longest + step], device=device)
-            logits = model(nxt.view(B, 1), pos, pad=pad)
+            tok = step_fn(model, tok, pos, pad, temp, tk, tp, draw(), greedy, max_k).clone()
+            produced[:, step] = tok
+            pos = pos + 1
     finally:
         model.clear_cache()
     return outputs

@@ -1,5 +1,6 @@
-"""Sampling as pure functions on logits. Per-row parameters are tensors so a batch can mix settings
-(the server needs that) and nothing here synchronizes with the host."""
+"""Sampling as pure functions on logits, compile-friendly: per-row parameters are tensors (a batch can
+mix settings, as the server needs), randomness comes in as one uniform number per row (drawn outside
+with a seeded generator), and nothing here synchronizes with the host."""
 
 from __future__ import annotations
 
@@ -7,28 +8,30 @@ import torch
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           u: torch.Tensor, max_k: int | None = None) -> torch.Tensor:
     """Next token per row.
 
-    logits (B, V); temperature (B,) float, 0 = greedy; top_k (B,) int, 0 = off; top_p (B,) float, 1 = off.
-    Returns (B,) int64.
+    logits (B, V); temperature (B,) float, 0 = greedy; top_k (B,) int, 0 = off; top_p (B,) float, 1 = off;
+    u (B,) uniform in [0, 1). max_k: a static bound on top_k for every row, so only the max_k best
+    candidates are sorted (topk instead of a full sort of the vocabulary). Returns (B,) int64.
+    Order as in transformers: temperature, then top-k, then top-p on what top-k kept.
     """
     logits = logits.float()
-    V = logits.shape[-1]
     greedy = logits.argmax(dim=-1)  # (B,)
     scaled = logits / temperature.clamp(min=1e-5).unsqueeze(-1)
-    sorted_logits, sorted_idx = scaled.sort(dim=-1, descending=True)  # (B, V)
-    ranks = torch.arange(V, device=logits.device)
-    k = torch.where(top_k > 0, top_k, V).unsqueeze(-1)  # (B, 1)
-    remove = ranks.unsqueeze(0) >= k
-    probs = sorted_logits.softmax(dim=-1)
-    # nucleus: drop a token once the mass *before* it reaches top_p (the top token always stays)
-    remove |= (probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(-1)
-    probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
-    # Exponential race (= Gumbel-max): argmax(p / E), E ~ Exp(1), draws exactly from p with one kernel.
-    e = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    choice = (probs / e).argmax(dim=-1, keepdim=True)  # (B, 1)
-    sampled = sorted_idx.gather(-1, choice).squeeze(-1)
+    if max_k is not None:
+        vals, idx = scaled.topk(max_k, dim=-1)  # (B, K), sorted descending
+    else:
+        vals, idx = scaled.sort(dim=-1, descending=True)  # (B, V)
+    K = vals.shape[-1]
+    ranks = torch.arange(K, device=logits.device)
+    vals = vals.masked_fill(ranks >= torch.where(top_k > 0, top_k, K).unsqueeze(-1), float("-inf"))
+    probs = vals.softmax(dim=-1)
+    # nucleus: drop a token once the mass *before* it reaches top_p (the best token always stays)
+    probs = probs.masked_fill((probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(-1), 0.0)
+    cdf = probs.cumsum(dim=-1)  # (B, K), unnormalized
+    choice = (cdf <= u.unsqueeze(-1) * cdf[:, -1:]).sum(dim=-1, keepdim=True).clamp(max=K - 1)  # inverse CDF
+    sampled = idx.gather(-1, choice).squeeze(-1)
     return torch.where(temperature > 0, sampled, greedy)
 
 
