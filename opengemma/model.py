@@ -45,7 +45,8 @@ class RMSNorm(nn.Module):
 
 def rope_inv_freq(head_dim: int, base: float, scaling: float = 1.0) -> torch.Tensor:
     """Inverse frequencies (D/2,), float32. Linear scaling divides them (position interpolation)."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    # always on the CPU: computing under a meta-device context would pull in torch's reference kernels
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     return 1.0 / (base**exponent) / scaling
 
 
@@ -78,6 +79,10 @@ class KVCache(nn.Module):
 class Embedding(nn.Embedding):
     """Token embedding that also serves as the tied output layer (logits = x @ E^T)."""
 
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:  # random init on meta is pointless and costs a slow first-use import
+            super().reset_parameters()
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
 
@@ -101,7 +106,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                slots: torch.Tensor | None) -> torch.Tensor:
+                slots: torch.Tensor | None, end: int | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D)
@@ -113,18 +118,21 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if slots is not None:
             k, v = self.kv_cache.update(slots, k, v)  # (B, K, S, D)
+            if end is not None:
+                k, v = k[:, :, :end], v[:, :, :end]
 
-        if self.softcap is None:
-            # mask (B, 1, T, S) bool, True = attend; SDPA does the softmax in float32 internally
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=K != H)
-        else:
-            # Soft-capping sits between the scores and the softmax, which SDPA cannot express.
-            k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
-            v = v.repeat_interleave(H // K, dim=1)
-            scores = (q.float() @ k.float().transpose(-2, -1)) * self.scale  # (B, H, T, S)
+        # Queries are grouped by their shared key/value head, (B, K, G*T, D), so that multi-query and
+        # grouped attention are one matmul each, without repeating keys and values. Scores as the
+        # reference computes them: matmul in the activation dtype, then scale, soft-cap (Gemma 2; it
+        # sits between the scores and the softmax), mask and softmax in float32 (P4).
+        S, G = k.shape[2], H // K
+        qg = q.reshape(B, K, G * T, D)
+        scores = (qg @ k.transpose(-2, -1)).float() * self.scale  # (B, K, G*T, S)
+        if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
-            scores = scores.masked_fill(~mask, float("-inf"))
-            y = (scores.softmax(dim=-1) @ v.float()).type_as(q)  # softmax in float32 (P4)
+        scores = scores.view(B, K, G, T, S).masked_fill(~mask.view(B, 1, 1, T, S), float("-inf"))
+        probs = scores.view(B, K, G * T, S).softmax(dim=-1).to(v.dtype)
+        y = (probs @ v).view(B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         return self.o_proj(y)
 
@@ -153,8 +161,8 @@ class Block(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
         self.post_mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
 
-    def forward(self, x, cos, sin, mask, slots):
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, slots))
+    def forward(self, x, cos, sin, mask, slots, end=None):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, slots, end))
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
 
@@ -186,9 +194,14 @@ class Gemma(nn.Module):
         if max_len > c.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds the model's context of {c.max_seq_len}")
         dtype = dtype or self.norm.weight.dtype  # the activation dtype (norms are never quantized)
-        device = device or self.norm.weight.device
-        self.prefill_chunk = prefill_chunk
+        device = torch.device(device or self.norm.weight.device)
         lengths = {"global": max_len, "local": min(max_len, (c.sliding_window or 0) + prefill_chunk)}
+        if self.cache_shape == (batch_size, lengths["global"], lengths["local"], dtype, device):
+            # same shapes: reuse the buffers (a compiled decode step keeps its graph), just empty them
+            self.slot_pos_global.fill_(-1)
+            self.slot_pos_local.fill_(-1)
+            return
+        self.cache_shape = (batch_size, lengths["global"], lengths["local"], dtype, device)
         for layer in self.layers:
             S = lengths["local" if layer.attn.is_local else "global"]
             layer.attn.kv_cache = KVCache(batch_size, c.n_kv_heads, S, c.head_dim, dtype, device)
@@ -196,7 +209,10 @@ class Gemma(nn.Module):
             self.register_buffer(f"slot_pos_{kind}", torch.full((S,), -1, dtype=torch.long, device=device),
                                  persistent=False)
 
+    cache_shape: tuple | None = None
+
     def clear_cache(self) -> None:
+        self.cache_shape = None
         for layer in self.layers:
             layer.attn.kv_cache = None
         for kind in ("global", "local"):
@@ -209,12 +225,14 @@ class Gemma(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
-                pad: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                pad: torch.Tensor | None = None, last_only: bool = False, end: int | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         input_pos None: plain causal forward over positions 0..T-1, no cache.
         input_pos (T,): positions of these tokens, written to the cache; keys are everything cached.
         pad (B,): left-padding positions per row (ragged batches); defaults to none.
+        end: (prefill) no position >= end has been cached, so only the first `end` slots of each cache
+        can hold keys: attention skips the rest (a Python int, so shapes stay known).
         """
         B, T = tokens.shape
         c = self.config
@@ -232,7 +250,7 @@ class Gemma(nn.Module):
                 slot_pos = getattr(self, f"slot_pos_{kind}")
                 slots = input_pos % slot_pos.shape[0]  # (T,) ring-buffer slots (identity for global)
                 slot_pos.index_copy_(0, slots, input_pos)
-                keys[kind] = (slot_pos, slots)
+                keys[kind] = (slot_pos if end is None else slot_pos[:end], slots)
 
         # RoPE positions (B, T): position minus the row's left padding
         pos = q_pos.unsqueeze(0).expand(B, T)
@@ -265,7 +283,7 @@ class Gemma(nn.Module):
         x = x * torch.tensor(c.embed_scale, dtype=x.dtype, device=device)
         for layer in self.layers:
             kind = "local" if layer.attn.is_local else "global"
-            x = layer(x, *cos_sin[kind], masks[kind], keys[kind][1])
+            x = layer(x, *cos_sin[kind], masks[kind], keys[kind][1], end)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

@@ -18,6 +18,9 @@ from ..model import Gemma
 from .sampling import as_row_tensor, sample
 
 
+CACHE_BUCKET = 256
+
+
 class PromptTooLongError(ValueError):
     pass
 
@@ -69,7 +72,7 @@ def prefill(model: Gemma, tokens: torch.Tensor, pad: torch.Tensor | None, chunk:
     device = tokens.device
     for s in range(0, L, chunk):
         e = min(s + chunk, L)
-        logits = model(tokens[:, s:e], torch.arange(s, e, device=device), pad=pad, last_only=True)
+        logits = model(tokens[:, s:e], torch.arange(s, e, device=device), pad=pad, last_only=True, end=e)
     return logits[:, -1]
 
 
@@ -88,11 +91,13 @@ def generate(
     prefill_chunk: int = 512,
     compile: bool | None = None,
     sync_every: int | None = None,
+    keep_cache: bool | None = None,
 ) -> list[GenerationOutput]:
     """Generate for each prompt (lists of ids, <bos> included).
 
     on_token(row, token) is called for every generated token (not stop tokens); returning True stops
     that row (stop strings are found this way by the text layer). compile: None = on for CUDA.
+    keep_cache (default: when compiling) leaves the KV cache allocated for the next call of the same shape.
     """
     ctx = model.config.max_seq_len
     longest = check_prompts(prompts, ctx)
@@ -105,6 +110,7 @@ def generate(
         return outputs
     on_cuda = device.type == "cuda"
     compile = on_cuda if compile is None else compile
+    keep_cache = compile if keep_cache is None else keep_cache
     sync_every = sync_every or (8 if on_cuda else 1)
 
     tokens = torch.full((B, longest), model.config.pad_id, dtype=torch.long)
@@ -127,10 +133,11 @@ def generate(
     def draw() -> torch.Tensor:
         return torch.rand(B, generator=gen, device=device) if not greedy else torch.zeros(B, device=device)
 
-    chunk = max(1, min(prefill_chunk, longest))
-    model.setup_cache(B, longest + max_new_tokens, prefill_chunk=chunk)
+    # Cache lengths are rounded up so that a compiled decode step (static shapes) serves many requests.
+    cache_len = min(ctx, -(-(longest + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET)
+    model.setup_cache(B, cache_len, prefill_chunk=prefill_chunk)
     try:
-        logits = prefill(model, tokens, pad, chunk)
+        logits = prefill(model, tokens, pad, prefill_chunk)
         tok = logits.argmax(-1) if greedy else sample(logits, temp, tk, tp, draw(), max_k)  # (B,)
         produced = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
         produced[:, 0] = tok
@@ -159,5 +166,6 @@ def generate(
             produced[:, step] = tok
             pos = pos + 1
     finally:
-        model.clear_cache()
+        if not keep_cache:
+            model.clear_cache()
     return outputs

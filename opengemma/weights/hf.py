@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from ..config import GemmaConfig
 from ..model import Gemma
 from . import CheckpointError, check_names, expand_map
+from .mmap import mmap_safetensors
 
 # opengemma name <- Hugging Face name. Note the trap: in Gemma 1 "post_attention_layernorm" is the
 # norm *before the MLP*; in Gemma 2/3 it normalizes the attention output and the pre-MLP norm is
@@ -137,9 +138,9 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: st
         by_file.setdefault(index[theirs][0], []).append(ours)
     state = {}
     for f, names in by_file.items():
-        with safe_open(f, framework="pt", device="cpu") as st:
-            for ours in names:
-                state[ours] = st.get_tensor(wmap[ours]).to(device=device, dtype=dtype)
+        tensors = mmap_safetensors(f)  # zero-copy: views of the file's memory map
+        for ours in names:
+            state[ours] = tensors[wmap[ours]].to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.init_rope()
     return model.to(device).eval()

@@ -1,0 +1,246 @@
+"""Weight-only quantization as module swaps (gpt-fast style): nn.Linear -> Int8Linear / Int4Linear and the
+tied embedding/output matrix -> Int8Embedding / Int4Embedding. Activations stay in the model's dtype
+(bfloat16 is what the CPU and GPU kernels are fast with).
+
+- int8: symmetric, one scale per output channel. Kernel: aten._weight_int8pack_mm on CPU for a few rows
+  (decode); otherwise x @ W_int8^T in the activation dtype, times the scales (int8 values are exact in
+  bf16), which torch.compile fuses into one kernel on GPU.
+- int4: asymmetric, one scale and zero per group of `group_size` inputs; tinygemm's convention
+  w = (q - 8) * scale + zero. Kernels: aten._weight_int4pack_mm_for_cpu / aten._weight_int4pack_mm (CUDA),
+  which want the weights in their own packed layout; the portable form (two nibbles a byte, low first)
+  is kept only where rows must be read directly (the embedding lookup).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import Embedding, Gemma
+
+MODES = ("int8", "int4")
+SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize-then-matmul
+
+
+# -- the numerics -------------------------------------------------------------------------------------
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float -> q int8 (N, K), scales float32 (N,): w ~= q * scale."""
+    w = w.float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-10)
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) float -> q uint8 in [0, 15] (N, K), scales and zeros float32 (N, K // group_size):
+    w ~= (q - 8) * scale + zero (min/max per group)."""
+    N, K = w.shape
+    if K % group_size:
+        raise ValueError(f"in_features {K} is not a multiple of the int4 group size {group_size}")
+    g = w.float().reshape(N, K // group_size, group_size)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scales = ((hi - lo) / 15.0).clamp(min=1e-10)
+    zeros = lo + 8.0 * scales
+    q = torch.round((g - lo.unsqueeze(-1)) / scales.unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
+    return q.reshape(N, K), scales, zeros
+
+
+def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    N, K = q.shape
+    G = scales.shape[1]
+    g = (q.reshape(N, G, K // G).float() - 8.0) * scales.unsqueeze(-1).float() + zeros.unsqueeze(-1).float()
+    return g.reshape(N, K)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) values 0..15 -> (N, K/2) uint8, element 2j in the low nibble."""
+    return (q[:, ::2] | (q[:, 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(p: torch.Tensor) -> torch.Tensor:
+    return torch.stack((p & 15, p >> 4), dim=-1).reshape(p.shape[0], -1)
+
+
+def _kernel_pack_int4(q: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Portable (N, K) 0..15 -> the layout of the int4 matmul kernel of `device`."""
+    if device.type == "cuda":  # tinygemm wants high nibble first, then its tiled layout
+        packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8).to(device)
+        return torch.ops.aten._convert_weight_to_int4pack(packed, 8)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).to(device), 1)
+
+
+def _scales_zeros(scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, G) each -> (G, N, 2), the kernels' scale-and-zero tensor."""
+    return torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous().to(dtype)
+
+
+def _int4_mm(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    if x2.device.type == "cuda":
+        return torch.ops.aten._weight_int4pack_mm(x2, packed, group_size, sz)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, sz)
+
+
+# -- modules ------------------------------------------------------------------------------------------
+class Int8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, dtype=dtype, device=device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, dtype: torch.dtype) -> "Int8Linear":
+        m = cls(w.shape[1], w.shape[0], dtype, device=w.device)
+        q, s = quantize_int8(w)
+        m.weight.copy_(q)
+        m.scales.copy_(s.to(dtype))
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, K)
+        if x2.device.type == "cpu" and x2.shape[0] <= SMALL_M:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
+        else:
+            y = F.linear(x2, self.weight.to(x2.dtype)) * self.scales
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scales.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, group_size: int = 64,
+                 dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        if in_features % group_size:
+            raise ValueError(f"in_features {in_features} is not a multiple of the int4 group size {group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        G = in_features // group_size
+        # portable form, saved: (N, K/2) nibbles, scales and zeros (N, G)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, G, dtype=dtype, device=device))
+        self.register_buffer("zeros", torch.zeros(out_features, G, dtype=dtype, device=device))
+        self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int, dtype: torch.dtype) -> "Int4Linear":
+        m = cls(w.shape[1], w.shape[0], group_size, dtype, device=w.device)
+        q, s, z = quantize_int4(w, group_size)
+        m.qweight.copy_(pack_int4(q))
+        m.scales.copy_(s.to(dtype))
+        m.zeros.copy_(z.to(dtype))
+        return m
+
+    def prepare(self) -> None:
+        """Build the kernel layout for the current device (after loading or moving the module)."""
+        q = unpack_int4(self.qweight)
+        self._kernel = (_kernel_pack_int4(q, self.qweight.device),
+                        _scales_zeros(self.scales, self.zeros, self.scales.dtype))
+
+    def _apply(self, fn, recurse=True):  # moving the module invalidates the kernel layout
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel is None:
+            raise RuntimeError("Int4Linear.prepare() was not called after loading (prepare_quantized(model))")
+        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
+        y = _int4_mm(x2, self._kernel[0], self.group_size, self._kernel[1])
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_int4(unpack_int4(self.qweight), self.scales, self.zeros)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group={self.group_size}"
+
+
+class Int8Embedding(nn.Module):
+    """Quantized token embedding, also the tied output layer (attend)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.table = Int8Linear(embedding_dim, num_embeddings, dtype, device)  # rows = tokens
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        return t.weight[ids].to(t.scales.dtype) * t.scales[ids].unsqueeze(-1)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table(x)
+
+
+class Int4Embedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = 64,
+                 dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.table = Int4Linear(embedding_dim, num_embeddings, group_size, dtype, device)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        rows = ids.reshape(-1)
+        w = dequantize_int4(unpack_int4(t.qweight[rows]), t.scales[rows], t.zeros[rows])
+        return w.to(t.scales.dtype).reshape(*ids.shape, self.embedding_dim)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table(x)
+
+
+# -- swapping -----------------------------------------------------------------------------------------
+def quantize_model(model: Gemma, mode: str, group_size: int = 64, dtype: torch.dtype = torch.bfloat16,
+                   embedding: bool = True) -> Gemma:
+    """Swap every nn.Linear (and the embedding / tied output matrix) for its quantized version, in place.
+    Norms stay in float; activations run in `dtype`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}")
+    with torch.no_grad():
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    w = child.weight.detach()
+                    q = Int8Linear.from_float(w, dtype) if mode == "int8" else Int4Linear.from_float(w, group_size, dtype)
+                    setattr(module, child_name, q)
+        if embedding and isinstance(model.embed, Embedding):
+            w = model.embed.weight.detach()
+            emb = (Int8Embedding(w.shape[0], w.shape[1], dtype, w.device) if mode == "int8"
+                   else Int4Embedding(w.shape[0], w.shape[1], group_size, dtype, w.device))
+            emb.table = (Int8Linear.from_float(w, dtype) if mode == "int8"
+                         else Int4Linear.from_float(w, group_size, dtype))
+            model.embed = emb
+        # remaining float parameters (norms) follow the activation dtype
+        for m in model.modules():
+            if isinstance(m, nn.Module) and hasattr(m, "weight") and isinstance(m.weight, nn.Parameter):
+                m.weight.data = m.weight.data.to(dtype)
+    model.quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None,
+                          "dtype": str(dtype).removeprefix("torch."), "embedding": embedding}
+    prepare_quantized(model)
+    return model
+
+
+def empty_quantized(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: bool = True) -> Gemma:
+    """The same swaps on a (meta-device) model, without data: the skeleton to load a quantized state into."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                n, k = child.out_features, child.in_features
+                setattr(module, child_name, Int8Linear(k, n, dtype, "meta") if mode == "int8"
+                        else Int4Linear(k, n, group_size, dtype, "meta"))
+    if embedding:
+        v, d = model.embed.weight.shape
+        model.embed = (Int8Embedding(v, d, dtype, "meta") if mode == "int8"
+                       else Int4Embedding(v, d, group_size, dtype, "meta"))
+    model.quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None,
+                          "dtype": str(dtype).removeprefix("torch."), "embedding": embedding}
+    return model
+
+
+def prepare_quantized(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, Int4Linear):
+            m.prepare()

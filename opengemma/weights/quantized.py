@@ -1,0 +1,58 @@
+"""Quantized checkpoints (opengemma's own layout): model.safetensors with int8 / packed int4 tensors and
+their scales, plus quantization.json (mode, group size, dtype, the model config). Used as the cache of
+quantized models, so that a warm quantized load is a memory map, not a re-quantization."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..config import GemmaConfig
+from ..model import Gemma
+from ..quantize import empty_quantized, prepare_quantized
+from . import CheckpointError, check_names
+from .mmap import mmap_safetensors
+
+
+def save_quantized(model: Gemma, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "quantization.json").write_text(json.dumps(
+        {**model.quantization, "config": model.config.to_dict()}, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def is_quantized_dir(path: Path) -> bool:
+    return (path / "quantization.json").exists() and (path / "model.safetensors").exists()
+
+
+def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemma:
+    path = Path(path)
+    try:
+        info = json.loads((path / "quantization.json").read_text())
+        cfg = GemmaConfig.from_dict(info["config"])
+        dtype = getattr(torch, info["dtype"])
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}/quantization.json: malformed ({e})") from None
+    with torch.device("meta"):
+        model = empty_quantized(Gemma(cfg), info["mode"], info.get("group_size") or 64, dtype,
+                                info.get("embedding", True))
+    state = mmap_safetensors(path / "model.safetensors")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
+    model.load_state_dict(state, strict=True, assign=True)
+    model.init_rope()
+    model = model.to(device).eval()
+    prepare_quantized(model)
+    return model
