@@ -69,11 +69,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class LLM:
     """A model with its tokenizer. `llm.model(tokens)` gives logits; generate/chat work on text."""
 
-    def __init__(self, model: Gemma, tokenizer: Tokenizer | None, name: str = "", instruction_tuned: bool = False):
+    def __init__(self, model: Gemma, tokenizer: Tokenizer | None, name: str = "", instruction_tuned: bool = False,
+                 compile: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or model.config.name
         self.instruction_tuned = instruction_tuned
+        # compiled decode step: None = on for CUDA; on CPU the first call of each shape compiles (~40 s)
+        self.compile = compile
 
     @property
     def config(self) -> GemmaConfig:
@@ -165,7 +168,7 @@ class LLM:
 
         stop_ids = tok.stop_ids
         outs: list[GenerationOutput] = generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                                                stop_ids, on_token)
+                                                stop_ids, on_token, compile=self.compile)
         for b in range(B):
             if not stopped[b]:
                 texts[b] += decoders[b].flush()
@@ -176,12 +179,14 @@ class LLM:
 # -- loading -----------------------------------------------------------------------------------------
 def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, progress: bool = True, quantize: str | None = None,
-         group_size: int = 64) -> LLM:
+         group_size: int = 32, embedding_quantize: str | None = "default", compile: bool | None = None) -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
-    quantize: None, "int8" (per channel) or "int4" (groups of `group_size`): weight-only, embedding and
-    output matrix included; activations in `dtype` (default bfloat16 when quantizing). The quantized
-    weights are cached, so only the first quantized load pays for quantizing.
+    quantize: None, "int8" (per channel) or "int4" (groups of `group_size`): weight-only; the tied
+    embedding/output matrix is quantized as `embedding_quantize` says ("int8", "int4", None = float;
+    "default" = int8, the quality choice). Activations in `dtype` (default bfloat16 when quantizing). The quantized
+    weights are cached, so only the first quantized load pays for quantizing. compile: use the
+    torch.compile'd decode step (None: on for CUDA, off for CPU where compiling costs ~40 s per shape).
     """
     dev = resolve_device(device)
     if quantize is not None and quantize not in QUANT_MODES:
@@ -211,21 +216,26 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
                                  "not a Hugging Face layout directory and not a .gguf file")
     model = None
     if quantize is not None:
-        model = _load_quantized_cached(float_dir, quantize, group_size, dt, dev)
-    return _load_dir(float_dir, dt, dev, name=name, model=model)
+        model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev)
+    llm = _load_dir(float_dir, dt, dev, name=name, model=model)
+    llm.compile = compile
+    return llm
 
 
-def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, dtype: torch.dtype, device) -> Gemma:
-    from .quantize import quantize_model
+def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,
+                           dtype: torch.dtype, device) -> Gemma:
+    from .quantize import default_embedding_mode, quantize_model
     from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
 
+    embedding = default_embedding_mode(mode) if embedding == "default" else embedding
     st = (float_dir / "config.json").stat()
     key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     tag = f"{mode}-g{group_size}" if mode == "int4" else mode
+    tag += f"-emb{embedding or 'float'}"
     qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
     if not is_quantized_dir(qdir):
         model = load_hf_dir(float_dir, dtype=torch.float32, device="cpu")
-        quantize_model(model, mode, group_size=group_size, dtype=dtype)
+        quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding)
         save_quantized(model, qdir)
         del model
     return load_quantized(qdir, device)

@@ -15,6 +15,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"real model name, Hugging Face layout directory or .gguf file (default {DEFAULT_MODEL})")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--quantize", "-q", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization, embedding included (activations in bfloat16)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
+    p.add_argument("--embedding-quantize", choices=["int8", "int4", "none"], default=None,
+                   help="quantization of the tied embedding/output matrix (default int8)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the decode step (default: on for CUDA, off for CPU)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
@@ -72,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args):
     from .api import load
 
-    return load(args.model, dtype=args.dtype, device=args.device)
+    return load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
+                group_size=args.group_size, compile=args.compile,
+                embedding_quantize={None: "default", "none": None}.get(args.embedding_quantize, args.embedding_quantize))
 
 
 def _sampling(args) -> dict:

@@ -15,7 +15,9 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "BOOL": torch.bool}
 
 
-def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+def mmap_safetensors(path: str | Path, align: int = 0) -> dict[str, torch.Tensor]:
+    """align: copy out tensors whose data is not aligned to this many bytes (safetensors only aligns to
+    8; some CPU kernels, e.g. the int8 GEMV, need 64-byte aligned weights)."""
     path = Path(path)
     with open(path, "rb") as f:
         size = path.stat().st_size
@@ -39,5 +41,6 @@ def mmap_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         for d in info["shape"]:
             numel *= d
         t = torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start) if numel else torch.empty(0, dtype=dtype)
-        out[name] = t.view(info["shape"])
+        t = t.view(info["shape"])
+        out[name] = t.clone() if align and t.data_ptr() % align else t
     return out

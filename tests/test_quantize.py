@@ -1,0 +1,157 @@
+"""Weight-only int8 / int4 quantization: numerics, kernels vs reference matmuls, module swaps, round trips."""
+import pytest
+import torch
+
+import opengemma
+from opengemma.config import GemmaConfig
+from opengemma.engine.generate import decode_step, generate
+from opengemma.model import Gemma
+from opengemma.quantize import (Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, pack_int4, quantize_int4,
+                                quantize_int8, quantize_model, unpack_int4)
+from opengemma.weights.hf import save_hf_dir
+from opengemma.weights.quantized import load_quantized, save_quantized
+
+
+def tiny(name="tiny-gemma3", **kw):
+    torch.manual_seed(0)
+    model = Gemma(GemmaConfig.from_name(name, **kw)).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.normal_(0, 0.5 if n.endswith("norm.weight") else 0.1)
+    return model
+
+
+def test_int8_quantization_error_bound():
+    w = torch.randn(300, 256)
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_int4_quantization_error_and_packing(group):
+    w = torch.randn(96, 256)
+    q, s, z = quantize_int4(w, group)
+    assert q.min() >= 0 and q.max() <= 15
+    deq = ((q.view(96, -1, group).float() - 8) * s[..., None] + z[..., None]).view(96, 256)
+    # the clipping search never does worse than plain min-max rounding, group by group
+    g = w.view(96, -1, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    sc = (hi - lo) / 15
+    minmax = (torch.round((g - lo) / sc) * sc + lo).view(96, 256)
+    assert (((deq - w) ** 2).view(96, -1, group).sum(-1) <= ((minmax - w) ** 2).view(96, -1, group).sum(-1) + 1e-6).all()
+    assert ((deq - w).abs() <= s.repeat_interleave(group, dim=1) * 4).all()  # clipped outliers stay bounded
+    assert torch.equal(unpack_int4(pack_int4(q)), q)
+
+
+@pytest.mark.parametrize("M", [1, 3, 40])  # the CPU GEMV kernel path and the dequantize-then-matmul path
+def test_int8_linear_matches_reference(M):
+    torch.manual_seed(1)
+    w, x = torch.randn(512, 256) * 0.05, torch.randn(M, 256).bfloat16()
+    m = Int8Linear.from_float(w, torch.bfloat16)
+    ref = x.float() @ m.dequantized().T  # exact math on the quantized weights
+    y = m(x).float()
+    scale = ref.abs().max()
+    assert (y - ref).abs().max() <= 0.01 * scale  # bf16 activations and scales
+    assert (y - x.float() @ w.T).abs().max() <= 0.03 * scale  # vs the float matmul: quantization error
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("M", [1, 24])
+def test_int4_linear_matches_reference(group, M):
+    torch.manual_seed(2)
+    w, x = torch.randn(512, 256) * 0.05, torch.randn(M, 256).bfloat16()
+    m = Int4Linear.from_float(w, group, torch.bfloat16)
+    m.prepare()
+    ref = x.float() @ m.dequantized().T
+    y = m(x).float()
+    scale = ref.abs().max()
+    assert (y - ref).abs().max() <= 0.01 * scale
+    assert (y - x.float() @ w.T).abs().max() <= 0.25 * scale  # 4-bit: coarse, bounded
+
+
+@pytest.mark.parametrize("cls,args", [(Int8Linear, ()), (Int4Linear, (32,))])
+def test_quantized_embedding_lookup_and_attend(cls, args):
+    w = torch.randn(1000, 64) * 0.1
+    emb = (Int8Embedding if cls is Int8Linear else Int4Embedding)(1000, 64, *args, dtype=torch.bfloat16)
+    emb.table = cls.from_float(w, *args, torch.bfloat16)
+    if cls is Int4Linear:
+        emb.table.prepare()
+    ids = torch.tensor([[0, 5, 999], [7, 7, 1]])
+    deq = emb.table.dequantized()
+    assert (emb(ids).float() - deq[ids]).abs().max() <= 0.01 * deq.abs().max()
+    x = torch.randn(2, 3, 64).bfloat16()
+    ref = x.float() @ deq.T
+    assert (emb.attend(x).float() - ref).abs().max() <= 0.01 * ref.abs().max()
+
+
+def _dequantized_reference(float_model, qmodel):
+    """The float model carrying the quantized weights, dequantized: the exact math the kernels approximate."""
+    import copy
+
+    ref = copy.deepcopy(float_model)
+    with torch.no_grad():
+        for name, m in qmodel.named_modules():
+            if isinstance(m, (Int8Linear, Int4Linear)):
+                target = name.removesuffix(".table") if name.endswith(".table") else name
+                ref.get_submodule(target).weight.copy_(m.dequantized())
+    return ref
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_model_matches_its_dequantized_reference_and_round_trips(tmp_path, mode):
+    model = tiny()
+    tok = torch.randint(0, 512, (2, 30), generator=torch.Generator().manual_seed(3))
+    import copy
+
+    float_model = copy.deepcopy(model)
+    with torch.no_grad():
+        quantize_model(model, mode, group_size=32, embedding=mode)
+        assert isinstance(model.layers[0].mlp.up_proj, Int8Linear if mode == "int8" else Int4Linear)
+        assert isinstance(model.embed, Int8Embedding if mode == "int8" else Int4Embedding)
+        out = model(tok).float()
+        ref = _dequantized_reference(float_model, model)(tok)
+        assert (out - ref).abs().max() <= 0.1 * ref.abs().max()  # bf16 activations and scales only
+        assert torch.equal(out.argmax(-1), ref.argmax(-1)) or (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+        if mode == "int8":  # and int8 stays close to the original float model
+            full = float_model(tok)
+            assert (out - full).abs().max() <= 0.1 * full.abs().max()
+        save_quantized(model, tmp_path / "q")
+        back = load_quantized(tmp_path / "q")
+        assert torch.equal(back(tok), model(tok))
+    # the quantized model generates, and a ragged batch still equals one prompt at a time
+    prompts = [list(range(2, 14)), [2, 40, 41]]
+    batch = generate(back, prompts, max_new_tokens=10)
+    assert [generate(back, [p], max_new_tokens=10)[0].tokens for p in prompts] == [o.tokens for o in batch]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_decode_step_has_no_graph_breaks(mode):
+    import torch._dynamo
+
+    model = quantize_model(tiny(), mode, group_size=32, embedding=mode)
+    model.setup_cache(2, 32, prefill_chunk=4)
+    torch._dynamo.reset()
+    args = (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), torch.zeros(2),
+            torch.zeros(2, dtype=torch.long), torch.ones(2), torch.rand(2), True, None)
+    with torch.inference_mode():
+        explanation = torch._dynamo.explain(decode_step)(*args)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_load_with_quantize_caches_the_quantized_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
+    save_hf_dir(tiny(), tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        a = opengemma.load(tmp_path / "ckpt", quantize="int8")
+    assert a.model.norm.weight.dtype == torch.bfloat16  # quantized models default to bf16 activations
+    import opengemma.quantize as q
+
+    monkeypatch.setattr(q, "quantize_model", lambda *a, **k: pytest.fail("quantized twice"))
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        b = opengemma.load(tmp_path / "ckpt", quantize="int8")
+    tok = torch.tensor([[2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(a.model(tok), b.model(tok))
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        opengemma.load(tmp_path / "ckpt", quantize="int3")
