@@ -126,13 +126,14 @@ class Attention(nn.Module):
         # reference computes them: matmul in the activation dtype, then scale, soft-cap (Gemma 2; it
         # sits between the scores and the softmax), mask and softmax in float32 (P4).
         S, G = k.shape[2], H // K
-        qg = q.reshape(B, K, G * T, D)
-        scores = (qg @ k.transpose(-2, -1)).float() * self.scale  # (B, K, G*T, S)
+        qg = q.reshape(B * K, G * T, D)
+        # 3-D bmm against a transposed *view* of the keys: in 4-D, matmul copies the whole key cache first
+        scores = torch.bmm(qg, k.reshape(B * K, S, D).transpose(1, 2)).view(B, K, G * T, S).float() * self.scale
         if self.softcap is not None:
             scores = torch.tanh(scores / self.softcap) * self.softcap
         scores = scores.view(B, K, G, T, S).masked_fill(~mask.view(B, 1, 1, T, S), float("-inf"))
         probs = scores.view(B, K, G * T, S).softmax(dim=-1).to(v.dtype)
-        y = (probs @ v).view(B, H, T, D)
+        y = torch.bmm(probs.view(B * K, G * T, S), v.reshape(B * K, S, D)).view(B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         return self.o_proj(y)
 
