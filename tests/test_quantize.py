@@ -90,11 +90,22 @@ def _dequantized_reference(float_model, qmodel):
     import copy
 
     ref = copy.deepcopy(float_model)
+    fused = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
     with torch.no_grad():
         for name, m in qmodel.named_modules():
-            if isinstance(m, (Int8Linear, Int4Linear)):
-                target = name.removesuffix(".table") if name.endswith(".table") else name
-                ref.get_submodule(target).weight.copy_(m.dequantized())
+            if not isinstance(m, (Int8Linear, Int4Linear)):
+                continue
+            parent, _, leaf = name.rpartition(".")
+            if leaf == "table":  # the embedding
+                ref.get_submodule(parent).weight.copy_(m.dequantized())
+            elif leaf in fused:  # stacked rows of the original projections
+                w = m.dequantized()
+                for part in fused[leaf]:
+                    target = ref.get_submodule(f"{parent}.{part}").weight
+                    target.copy_(w[: target.shape[0]])
+                    w = w[target.shape[0]:]
+            else:
+                ref.get_submodule(name).weight.copy_(m.dequantized())
     return ref
 
 
@@ -107,7 +118,8 @@ def test_quantized_model_matches_its_dequantized_reference_and_round_trips(tmp_p
     float_model = copy.deepcopy(model)
     with torch.no_grad():
         quantize_model(model, mode, group_size=32, embedding=mode)
-        assert isinstance(model.layers[0].mlp.up_proj, Int8Linear if mode == "int8" else Int4Linear)
+        assert isinstance(model.layers[0].mlp.gate_up_proj, Int8Linear if mode == "int8" else Int4Linear)
+        assert isinstance(model.layers[0].attn.qkv_proj, Int8Linear if mode == "int8" else Int4Linear)
         assert isinstance(model.embed, Int8Embedding if mode == "int8" else Int4Embedding)
         out = model(tok).float()
         ref = _dequantized_reference(float_model, model)(tok)

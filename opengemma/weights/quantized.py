@@ -46,7 +46,8 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
     except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}/quantization.json: malformed ({e})") from None
     with torch.device("meta"):
-        model = empty_quantized(Gemma(cfg), info["mode"], info.get("group_size") or 32, dtype, info.get("embedding"))
+        model = empty_quantized(Gemma(cfg), info["mode"], info.get("group_size") or 32, dtype, info.get("embedding"),
+                                info.get("fused", False))
     state = mmap_safetensors(path / "model.safetensors", align=64)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
