@@ -126,6 +126,8 @@ class Int8Linear(nn.Module):
         """Stack output channels (exact: scales are per row)."""
         m = cls(parts[0].in_features, sum(p.out_features for p in parts), parts[0].scales.dtype,
                 parts[0].weight.device)
+        if m.weight.is_meta:  # a skeleton to load into: shapes only (ops on meta tensors are slow to set up)
+            return m
         m.weight = torch.cat([p.weight for p in parts])
         m.scales = torch.cat([p.scales for p in parts])
         return m
@@ -186,6 +188,8 @@ class Int4Linear(nn.Module):
         """Stack output channels (exact: groups run along the inputs)."""
         m = cls(parts[0].in_features, sum(p.out_features for p in parts), parts[0].group_size,
                 parts[0].scales.dtype, parts[0].qweight.device)
+        if m.qweight.is_meta:
+            return m
         m.qweight = torch.cat([p.qweight for p in parts])
         m.scales = torch.cat([p.scales for p in parts])
         m.zeros = torch.cat([p.zeros for p in parts])
