@@ -26,3 +26,15 @@ def make_hf_model(cfg: GemmaConfig, seed: int = 0):
             elif "embed" in name:
                 p.normal_(0, 0.1)
     return model
+
+
+def tiny_model(name: str = "tiny-gemma3", std: float = 0.1, seed: int = 0, **overrides):
+    """An opengemma model of a preset with random weights (norms nonzero, so a (1 + w) bug shows)."""
+    from opengemma.model import Gemma
+
+    torch.manual_seed(seed)
+    model = Gemma(GemmaConfig.from_name(name, **overrides)).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.normal_(0, 0.5 if n.endswith("norm.weight") else std)
+    return model

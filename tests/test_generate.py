@@ -5,16 +5,11 @@ import torch
 from opengemma.config import GemmaConfig
 from opengemma.engine.generate import PromptTooLongError, generate
 from opengemma.engine.sampling import sample
-from opengemma.model import Gemma
+from hf_utils import tiny_model
 
 
 def tiny(name="tiny-gemma3", **kw):
-    torch.manual_seed(0)
-    model = Gemma(GemmaConfig.from_name(name, **kw)).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 0.5 if n.endswith("norm.weight") else 0.3)
-    return model
+    return tiny_model(name, std=0.3, **kw)
 
 
 def rows(B, v, dtype=torch.float32):

@@ -7,7 +7,7 @@ import torch
 import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.weights.hf import load_hf_dir
-from hf_utils import make_hf_model
+from hf_utils import make_hf_model, tiny_model
 
 TINY = ["tiny-gemma", "tiny-gemma-mha", "tiny-gemma2", "tiny-gemma3"]
 SEQ = 40  # longer than the tiny sliding window (8)
@@ -119,11 +119,4 @@ def test_left_padded_rows_equal_unpadded(name):
 
 
 def load_hf_dir_random(cfg):
-    from opengemma.model import Gemma
-
-    torch.manual_seed(0)
-    model = Gemma(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 0.5 if n.endswith("norm.weight") else 0.1)
-    return model
+    return tiny_model(cfg.name, std=0.1)

@@ -5,7 +5,7 @@ import torch
 import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.engine.generate import decode_step, generate
-from opengemma.model import Gemma
+from hf_utils import tiny_model
 from opengemma.quantize import (Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, pack_int4, quantize_int4,
                                 quantize_int8, quantize_model, unpack_int4)
 from opengemma.weights.hf import save_hf_dir
@@ -13,12 +13,7 @@ from opengemma.weights.quantized import load_quantized, save_quantized
 
 
 def tiny(name="tiny-gemma3", **kw):
-    torch.manual_seed(0)
-    model = Gemma(GemmaConfig.from_name(name, **kw)).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 0.5 if n.endswith("norm.weight") else 0.1)
-    return model
+    return tiny_model(name, std=0.1, **kw)
 
 
 def test_int8_quantization_error_bound():

@@ -14,17 +14,13 @@ from opengemma.model import Gemma
 from opengemma.weights import CheckpointError
 from opengemma.weights.gguf import load_gguf, open_gguf, save_gguf
 from opengemma.weights.hf import load_hf_dir, save_hf_dir
+from hf_utils import tiny_model
 
 TINY = ["tiny-gemma", "tiny-gemma-mha", "tiny-gemma2", "tiny-gemma3"]
 
 
 def random_model(name: str, seed: int = 0, **overrides) -> Gemma:
-    torch.manual_seed(seed)
-    model = Gemma(GemmaConfig.from_name(name, **overrides)).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.normal_(0, 0.5 if n.endswith("norm.weight") else 0.1)
-    return model
+    return tiny_model(name, std=0.1, seed=seed, **overrides)
 
 
 def tokens(cfg, T=24):
