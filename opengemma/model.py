@@ -69,11 +69,13 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # slots (T,); k, v (B, K, T, D)
-        self.k.index_copy_(2, slots, k.to(self.k.dtype))
-        self.v.index_copy_(2, slots, v.to(self.v.dtype))
-        return self.k, self.v  # (B, K, S, D)
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice = slice(None)
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        # slots (T,); k, v (B, K, T, D) for the cache rows `rows` (a view: writes land in the cache)
+        ck, cv = self.k[rows], self.v[rows]
+        ck.index_copy_(2, slots, k.to(ck.dtype))
+        cv.index_copy_(2, slots, v.to(cv.dtype))
+        return ck, cv  # (B, K, S, D)
 
 
 class Embedding(nn.Embedding):
@@ -107,7 +109,7 @@ class Attention(nn.Module):
         self.qkv_proj: nn.Module | None = None  # optional fused q|k|v projection (quantize.fuse_projections)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                slots: torch.Tensor | None, end: int | None = None) -> torch.Tensor:
+                slots: torch.Tensor | None, end: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.qkv_proj is not None:  # one matmul instead of three (fewer, larger kernel calls in decode)
@@ -120,7 +122,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if slots is not None:
-            k, v = self.kv_cache.update(slots, k, v)  # (B, K, S, D)
+            k, v = self.kv_cache.update(slots, k, v, rows)  # (B, K, S, D)
             if end is not None:
                 k, v = k[:, :, :end], v[:, :, :end]
 
@@ -170,8 +172,8 @@ class Block(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
         self.post_mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.sandwich_norms else nn.Identity()
 
-    def forward(self, x, cos, sin, mask, slots, end=None):
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, slots, end))
+    def forward(self, x, cos, sin, mask, slots, end=None, rows=slice(None)):
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, mask, slots, end, rows))
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
 
 
@@ -208,15 +210,16 @@ class Gemma(nn.Module):
         if self.cache_shape == (batch_size, lengths["global"], lengths["local"], dtype, device):
             # same shapes: reuse the buffers (a compiled decode step keeps its graph), just empty them
             self.slot_pos_global.fill_(-1)
-            self.slot_pos_local.fill_(-1)
+            if c.sliding_window is not None:
+                self.slot_pos_local.fill_(-1)
             return
         self.cache_shape = (batch_size, lengths["global"], lengths["local"], dtype, device)
         for layer in self.layers:
             S = lengths["local" if layer.attn.is_local else "global"]
             layer.attn.kv_cache = KVCache(batch_size, c.n_kv_heads, S, c.head_dim, dtype, device)
-        for kind, S in lengths.items():  # absolute position held by each slot, -1 = empty
-            self.register_buffer(f"slot_pos_{kind}", torch.full((S,), -1, dtype=torch.long, device=device),
-                                 persistent=False)
+        for kind, S in lengths.items():  # absolute position held by each slot of each row, -1 = empty
+            self.register_buffer(f"slot_pos_{kind}", torch.full((batch_size, S), -1, dtype=torch.long,
+                                                                 device=device), persistent=False)
 
     cache_shape: tuple | None = None
 
@@ -230,36 +233,40 @@ class Gemma(nn.Module):
     @property
     def cache_len(self) -> int:
         pos = getattr(self, "slot_pos_global", None)
-        return 0 if pos is None else pos.shape[0]
+        return 0 if pos is None else pos.shape[1]
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
-                pad: torch.Tensor | None = None, last_only: bool = False, end: int | None = None) -> torch.Tensor:
+                pad: torch.Tensor | None = None, last_only: bool = False, end: int | None = None,
+                row: int | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         input_pos None: plain causal forward over positions 0..T-1, no cache.
         input_pos (T,): positions of these tokens, written to the cache; keys are everything cached.
         pad (B,): left-padding positions per row (ragged batches); defaults to none.
-        end: (prefill) no position >= end has been cached, so only the first `end` slots of each cache
-        can hold keys: attention skips the rest (a Python int, so shapes stay known).
+        end: (prefill from position 0) no position >= end has been cached, so only the first `end` slots
+        of each cache can hold keys: attention skips the rest (a Python int, so shapes stay known).
+        row: feed one cache row only (tokens (1, T)), e.g. to prefill a request joining a running batch;
+        its positions may be anywhere on the ring (continuous batching keeps one clock for all rows).
         """
         B, T = tokens.shape
         c = self.config
         device = tokens.device
         kinds = ("global", "local") if c.sliding_window is not None else ("global",)
+        rows = slice(None) if row is None else slice(row, row + 1)
         if input_pos is None:
             q_pos = torch.arange(T, device=device)  # (T,)
-            keys = {kind: (q_pos, None) for kind in kinds}
+            keys = {kind: (q_pos.expand(B, T), None) for kind in kinds}
         else:
             if getattr(self, "slot_pos_global", None) is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.setup_cache() first")
             q_pos = input_pos
             keys = {}
             for kind in kinds:
-                slot_pos = getattr(self, f"slot_pos_{kind}")
-                slots = input_pos % slot_pos.shape[0]  # (T,) ring-buffer slots (identity for global)
-                slot_pos.index_copy_(0, slots, input_pos)
-                keys[kind] = (slot_pos if end is None else slot_pos[:end], slots)
+                slot_pos = getattr(self, f"slot_pos_{kind}")[rows]  # (B, S) view
+                slots = input_pos % slot_pos.shape[1]  # (T,) ring-buffer slots (identity below the length)
+                slot_pos.index_copy_(1, slots, input_pos.expand(B, T))
+                keys[kind] = (slot_pos if end is None else slot_pos[:, :end], slots)
 
         # RoPE positions (B, T): position minus the row's left padding
         pos = q_pos.unsqueeze(0).expand(B, T)
@@ -275,24 +282,22 @@ class Gemma(nn.Module):
         # its (unused) output finite so that no NaN reaches real rows through the cache.
         masks = {}
         for kind in kinds:
-            k_pos = keys[kind][0]  # (S,)
-            S = k_pos.shape[0]
-            qq, kk = q_pos.view(T, 1), k_pos.view(1, S)
-            mask = (kk <= qq) & (kk >= 0)  # (T, S) causal, filled slots only
+            k_pos = keys[kind][0]  # (B, S) position held by each key slot of each row
+            S = k_pos.shape[1]
+            qq, kk = q_pos.view(1, T, 1), k_pos.view(B, 1, S)
+            mask = (kk <= qq) & (kk >= 0)  # (B, T, S) causal, filled slots only
             if kind == "local":
                 mask = mask & (qq - kk < c.sliding_window)
-            mask = mask.view(1, 1, T, S)
             if pad is not None:
-                not_pad = (kk.view(1, S) >= pad.view(B, 1)).view(B, 1, 1, S)
-                mask = (mask & not_pad) | (kk == qq).view(1, 1, T, S)
-            masks[kind] = mask.expand(B, 1, T, S)
+                mask = (mask & (kk >= pad.view(B, 1, 1))) | (kk == qq)
+            masks[kind] = mask.view(B, 1, T, S)
 
         x = self.embed(tokens)  # (B, T, C)
         # sqrt(d_model) cast to the activation dtype first, as the reference does (P2)
         x = x * torch.tensor(c.embed_scale, dtype=x.dtype, device=device)
         for layer in self.layers:
             kind = "local" if layer.attn.is_local else "global"
-            x = layer(x, *cos_sin[kind], masks[kind], keys[kind][1], end)
+            x = layer(x, *cos_sin[kind], masks[kind], keys[kind][1], end, rows)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

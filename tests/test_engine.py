@@ -80,3 +80,47 @@ def test_sync_every_does_not_change_results():
     a = generate(model, prompts, max_new_tokens=20, sync_every=1, stop_ids=[7, 8, 9])
     b = generate(model, prompts, max_new_tokens=20, sync_every=6, stop_ids=[7, 8, 9])
     assert [(o.tokens, o.finish_reason) for o in a] == [(o.tokens, o.finish_reason) for o in b]
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
+def test_rows_join_a_running_batch_at_any_step(name):
+    """Continuous batching on the model's terms: one clock for all rows (positions are clock ticks, slots
+    are positions modulo the cache length, wrapping round), a request joins by prefilling its own row
+    just before the clock, then decodes in lockstep. Each row's greedy tokens equal generating alone."""
+    from opengemma.engine.generate import generate
+
+    model = tiny(name)
+    prompts = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13], [2, 40, 41], [2, 77, 78, 79, 80, 81]]
+    n_new = 14
+    alone = [generate(model, [p], max_new_tokens=n_new)[0].tokens for p in prompts]
+    S, chunk = 48, 4
+    clock = 100  # > S: the ring wraps during the test
+    with torch.inference_mode():
+        model.setup_cache(2, S, prefill_chunk=chunk)
+        pads = torch.full((2,), clock, dtype=torch.long)  # an idle row sees nothing
+        nxt = torch.zeros(2, dtype=torch.long)
+        owner, got = [None, None], {i: [] for i in range(len(prompts))}
+        queue = [(0, 0), (3, 1), (17, 2)]  # (step at which it arrives, prompt index)
+        for step in range(60):
+            while queue and queue[0][0] <= step and None in owner:
+                _, i = queue.pop(0)
+                row = owner.index(None)
+                owner[row] = i
+                start = clock - len(prompts[i])
+                pads[row] = start
+                for s in range(0, len(prompts[i]), chunk):
+                    ids = prompts[i][s:s + chunk]
+                    logits = model(torch.tensor([ids]), torch.arange(start + s, start + s + len(ids)),
+                                   pad=pads[row:row + 1], row=row, last_only=True)
+                nxt[row] = logits[0, -1].argmax()
+            for row, i in enumerate(owner):  # record, and free rows that are done
+                if i is not None:
+                    got[i].append(int(nxt[row]))
+                    if len(got[i]) == n_new:
+                        owner[row] = None
+            if all(o is None for o in owner) and not queue:
+                break
+            logits = model(nxt.view(2, 1), torch.tensor([clock]), pad=pads)
+            nxt = logits[:, -1].argmax(-1)
+            clock += 1
+    assert [got[i] for i in range(len(prompts))] == alone
