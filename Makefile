@@ -13,7 +13,7 @@ install:
 	$(PIP) install -q -e ".[default-model]"
 
 install-test: install
-	$(PIP) install -q -e ".[default-model,test]"
+	$(PIP) install -q -e ".[default-model,serve,test]"
 
 run: install
 	$(PYTHON) -m opengemma.cli generate "$(PROMPT)" --max-new-tokens 40

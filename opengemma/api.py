@@ -20,6 +20,7 @@ import torch
 from .config import PRESETS, REAL_MODELS, GemmaConfig
 from .engine.generate import GenerationOutput, generate
 from .model import Gemma
+from .streaming import TextStream
 from .tokenizer import Tokenizer
 from .weights import CheckpointError
 from .weights.hf import load_hf_dir, save_hf_dir
@@ -131,49 +132,21 @@ class LLM:
 
     def _generate_ids(self, ids, max_new_tokens, temperature, top_k, top_p, seed, stop, callback):
         tok = self._require_tokenizer()
-        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
-        B = len(ids)
-        decoders = [tok.incremental_decoder() for _ in range(B)]
-        texts = [""] * B
-        emitted = [0] * B
-        stopped = [False] * B
-
-        def held_back(text: str) -> int:
-            """Length of the longest suffix of text that could still grow into a stop string."""
-            best = 0
-            for s in stops:
-                for n in range(min(len(s) - 1, len(text)), best, -1):
-                    if text.endswith(s[:n]):
-                        best = n
-                        break
-            return best
-
-        def emit(b: int, upto: int) -> None:
-            if callback is not None and upto > emitted[b]:
-                callback(b, texts[b][emitted[b]:upto])
-            emitted[b] = max(emitted[b], upto)
+        streams = [TextStream(tok, stop) for _ in ids]
 
         def on_token(b: int, token: int) -> bool:
-            texts[b] += decoders[b].push([token])
-            if stops:
-                start = max(0, emitted[b] - max(map(len, stops)))
-                hits = [i for i in (texts[b].find(s, start) for s in stops) if i >= 0]
-                if hits:
-                    texts[b] = texts[b][: min(hits)]
-                    stopped[b] = True
-                    emit(b, len(texts[b]))
-                    return True
-            emit(b, len(texts[b]) - held_back(texts[b]))
-            return False
+            delta = streams[b].push(token)
+            if delta and callback is not None:
+                callback(b, delta)
+            return streams[b].stopped
 
-        stop_ids = tok.stop_ids
         outs: list[GenerationOutput] = generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                                                stop_ids, on_token, compile=self.compile)
-        for b in range(B):
-            if not stopped[b]:
-                texts[b] += decoders[b].flush()
-            emit(b, len(texts[b]))
-        return texts, outs
+                                                tok.stop_ids, on_token, compile=self.compile)
+        for b, st in enumerate(streams):
+            delta = st.finish()
+            if delta and callback is not None:
+                callback(b, delta)
+        return [st.text for st in streams], outs
 
 
 # -- loading -----------------------------------------------------------------------------------------

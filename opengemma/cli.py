@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dtype", default=None, help="HF output dtype: float32 (default) | bfloat16")
     v.add_argument("--gguf-type", default="F32", help="GGUF matrix type: F32 (default), F16, BF16, Q8_0")
 
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
+    _add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
+    sv.add_argument("--max-len", type=int, default=4096, help="context served per request (prompt + completion)")
+    sv.add_argument("--name", default=None, help="model id in the API (default: the model's name)")
+
     i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
     i.add_argument("src", help="preset name, HF layout directory or .gguf file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -66,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import CheckpointError
 
     try:
-        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info}[args.command](args)
+        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info,
+                "serve": cmd_serve}[args.command](args)
     except (ModelNotFoundError, CheckpointError, PromptTooLongError, FileNotFoundError, ValueError,
             RuntimeError) as e:
         print(f"opengemma: error: {e}", file=sys.stderr)
@@ -135,6 +145,22 @@ def cmd_chat(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         messages.append({"role": "model", "content": reply})
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError:
+        raise RuntimeError("the server needs its extras: pip install 'opengemma[serve]'") from None
+    llm = _load(args)
+    max_len = min(args.max_len, llm.config.max_seq_len)
+    app = create_app(llm, model_name=args.name, max_batch=args.max_batch, max_queue=args.max_queue, max_len=max_len,
+                     compile=args.compile)
+    print(f"serving {app.state.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
 
 
 def cmd_convert(args) -> int:
