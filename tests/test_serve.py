@@ -143,3 +143,9 @@ def test_metrics(server, client):
     text = httpx.get(server[0] + "/metrics").text
     assert 'opengemma_requests_total{endpoint="completions",status="200"}' in text
     assert "opengemma_queue_depth 0" in text and "opengemma_completion_tokens_total" in text
+
+
+def test_chat_page_is_served(server):
+    r = httpx.get(server[0] + "/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/v1/chat/completions" in r.text and 'id="stop"' in r.text

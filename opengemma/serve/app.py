@@ -14,11 +14,12 @@ import queue
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import LLM
@@ -256,6 +257,12 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    page = (Path(__file__).parent / "static" / "chat.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return page
 
     @app.get("/health")
     async def health():
