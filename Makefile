@@ -14,6 +14,8 @@ install:
 
 install-test: install
 	$(PIP) install -q -e ".[default-model,serve,test]"
+	# the chat page's browser test drives Debian's chromium (Playwright's own browser downloads don't work here)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 run: install
 	$(PYTHON) -m opengemma.cli generate "$(PROMPT)" --max-new-tokens 40
