@@ -2,12 +2,10 @@
 watch the streamed answer appear."""
 import os
 import shutil
-import socket
-import threading
-import time
 
-import httpx
 import pytest
+
+from server_utils import running
 
 pytestmark = pytest.mark.real_model
 
@@ -16,29 +14,13 @@ CHROMIUM = os.environ.get("OPENGEMMA_CHROMIUM", "/usr/bin/chromium")
 
 @pytest.fixture(scope="module")
 def base_url():
-    import uvicorn
-
     import opengemma
     from opengemma.serve.app import create_app
 
     llm = opengemma.load("gemma-3-270m", quantize="int8")
     app = create_app(llm, model_name="gemma-3-270m", max_batch=2, max_len=1024)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    srv.should_exit = True
-    t.join(timeout=10)
+    with running(app) as url:
+        yield url
 
 
 def test_chat_page_streams_an_answer(base_url, tmp_path):

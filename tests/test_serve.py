@@ -1,6 +1,5 @@
 """The OpenAI-compatible server, driven by the official openai client over loopback (real default model)."""
 import json
-import socket
 import threading
 import time
 
@@ -12,11 +11,7 @@ pytestmark = pytest.mark.real_model
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from server_utils import running  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +22,8 @@ def server():
     served = opengemma.load("gemma-3-270m")
     app = create_app(served, model_name="gemma-3-270m", max_batch=4, max_queue=8, max_len=512)
     llm = opengemma.load("gemma-3-270m")  # the reference: its own model (the engine thread owns the served one)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(base + "/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield base, llm, app
-    srv.should_exit = True
-    t.join(timeout=10)
+    with running(app) as base:
+        yield base, llm, app
 
 
 @pytest.fixture
