@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     sv.add_argument("--max-len", type=int, default=4096, help="context served per request (prompt + completion)")
     sv.add_argument("--name", default=None, help="model id in the API (default: the model's name)")
+    sv.add_argument("--sync-every", type=int, default=None,
+                    help="decode steps per host read (default 8 on CUDA, 1 on CPU)")
 
     i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
     i.add_argument("src", help="preset name, HF layout directory or .gguf file")
@@ -157,7 +159,7 @@ def cmd_serve(args) -> int:
     llm = _load(args)
     max_len = min(args.max_len, llm.config.max_seq_len)
     app = create_app(llm, model_name=args.name, max_batch=args.max_batch, max_queue=args.max_queue, max_len=max_len,
-                     compile=args.compile)
+                     compile=args.compile, sync_every=args.sync_every)
     print(f"serving {app.state.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

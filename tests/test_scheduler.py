@@ -13,12 +13,14 @@ PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 77, 78, 
            [2, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116]]
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
-def test_staggered_requests_equal_generating_alone(name):
+@pytest.mark.parametrize("name,sync_every", [("tiny-gemma", 1), ("tiny-gemma2", 1), ("tiny-gemma3", 1),
+                                             ("tiny-gemma3", 3)])
+def test_staggered_requests_equal_generating_alone(name, sync_every):
     model = tiny_model(name, std=0.3)
     lengths = [14, 5, 20, 9, 11]
     alone = [generate(model, [p], max_new_tokens=n)[0].tokens for p, n in zip(PROMPTS, lengths)]
-    sched = Scheduler(model, max_batch=2, max_len=64, prefill_chunk=4)  # fewer rows than requests: a queue
+    # fewer rows than requests: a queue; sync_every 3 reads the device every 3 steps (as on a GPU)
+    sched = Scheduler(model, max_batch=2, max_len=64, prefill_chunk=4, sync_every=sync_every)
     reqs = []
     for i, (p, n) in enumerate(zip(PROMPTS, lengths)):
         reqs.append(sched.submit(Request(p, max_new_tokens=n)))

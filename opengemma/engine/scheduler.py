@@ -50,7 +50,7 @@ class Request:
 
 class Scheduler:
     def __init__(self, model: Gemma, max_batch: int = 8, max_len: int | None = None, prefill_chunk: int = 256,
-                 compile: bool | None = None, max_queue: int = 256):
+                 compile: bool | None = None, max_queue: int = 256, sync_every: int | None = None):
         self.model = model
         self.device = model.norm.weight.device
         self.max_batch = max_batch
@@ -58,6 +58,10 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         on_cuda = self.device.type == "cuda"
         self.step_fn = compiled_decode_step(model) if (on_cuda if compile is None else compile) else decode_step
+        # Decode steps per host read: on a GPU each read is a sync that stalls the queue of kernels, so
+        # tokens are read (and requests admitted or retired) every few steps; a row that finishes inside
+        # a run of steps just idles to its end. The CPU has nothing to overlap: read every step.
+        self.sync_every = max(1, sync_every or (8 if on_cuda else 1))
         self.waiting: queue.Queue[Request] = queue.Queue(maxsize=max_queue)
         self.rows: list[Request | None] = [None] * max_batch
         self.generators: list[torch.Generator | None] = [None] * max_batch
@@ -135,13 +139,24 @@ class Scheduler:
         if all(r is None for r in self.rows):
             return not self.waiting.empty()
 
-        # deliver the tokens sampled last time, then decode the next ones
-        toks = self.next_tok.tolist()
+        # Decode sync_every - 1 more tokens on the device, read them all at once and deliver them in
+        # order, then decode the token after them (delivered next time).
+        pending = [self.next_tok]
+        for _ in range(self.sync_every - 1):
+            self._decode()
+            pending.append(self.next_tok)
+        toks = torch.stack(pending, 1).tolist()  # (B, sync_every): the one host read
         for row, req in enumerate(self.rows):
-            if req is not None:
-                self._deliver(row, req, toks[row])
+            for tok in toks[row] if req is not None else ():
+                if self.rows[row] is not req:  # finished earlier in this run of steps
+                    break
+                self._deliver(row, req, tok)
         if all(r is None for r in self.rows):
             return not self.waiting.empty()
+        self._decode()
+        return True
+
+    def _decode(self) -> None:
         u = torch.zeros(self.max_batch, device=self.device)
         greedy = True
         for row, req in enumerate(self.rows):
@@ -152,7 +167,6 @@ class Scheduler:
         self.next_tok = self.step_fn(self.model, self.next_tok, pos, self.pad, self.temperature, self.top_k,
                                      self.top_p, u, greedy, None).clone()
         self.clock += 1
-        return True
 
     def _admit(self, row: int, req: Request) -> None:
         self.rows[row] = req

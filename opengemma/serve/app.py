@@ -102,13 +102,14 @@ def _params(body: dict, default_max_tokens: int) -> Params:
 
 
 def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_queue: int = 64,
-               max_len: int = 4096, compile: bool | None = None, prefill_chunk: int = 256) -> FastAPI:
+               max_len: int = 4096, compile: bool | None = None, prefill_chunk: int = 256,
+               sync_every: int | None = None) -> FastAPI:
     if llm.tokenizer is None:
         raise ValueError("serving needs a tokenizer")
     name = model_name or llm.name
     tok = llm.tokenizer
     sched = Scheduler(llm.model, max_batch=max_batch, max_len=max_len, prefill_chunk=prefill_chunk,
-                      compile=compile, max_queue=max_queue)
+                      compile=compile, max_queue=max_queue, sync_every=sync_every)
     metrics = Metrics()
     engine = threading.Thread(target=sched.serve_forever, name="opengemma-engine", daemon=True)
 
@@ -272,37 +273,41 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "opengemma"}]}
 
+    def _completion_input(body: dict) -> tuple[list[int], Params]:
+        p = _params(body, 16)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "'prompt' must be a string (one prompt per request)", param="prompt")
+        return tok.encode(prompt, bos=True), p
+
+    def _chat_input(body: dict) -> tuple[list[int], Params]:
+        p = _params(body, 256)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise APIError(400, "'messages' must be a non-empty list", param="messages")
+        try:
+            ids, _ = tok.encode_chat(messages, add_generation_prompt=True)
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from None
+        return ids, p
+
+    async def _endpoint(http: HTTPRequest, endpoint: str, parse, chat: bool):
+        try:
+            ids, p = parse(await _body(http))
+            return await _respond(http, endpoint, ids, p, chat=chat)
+        except APIError as e:
+            metrics.count(endpoint, e.status)
+            raise
+
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest):
-        try:
-            body = await _body(http)
-            p = _params(body, 16)
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise APIError(400, "'prompt' must be a string (one prompt per request)", param="prompt")
-            return await _respond(http, "completions", tok.encode(prompt, bos=True), p, chat=False)
-        except APIError as e:
-            metrics.count("completions", e.status)
-            raise
+        return await _endpoint(http, "completions", _completion_input, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: HTTPRequest):
-        try:
-            body = await _body(http)
-            p = _params(body, 256)
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise APIError(400, "'messages' must be a non-empty list", param="messages")
-            try:
-                ids, _ = tok.encode_chat(messages, add_generation_prompt=True)
-            except ValueError as e:
-                raise APIError(400, str(e), param="messages") from None
-            return await _respond(http, "chat_completions", ids, p, chat=True)
-        except APIError as e:
-            metrics.count("chat_completions", e.status)
-            raise
+        return await _endpoint(http, "chat_completions", _chat_input, chat=True)
 
     @app.get("/metrics")
     async def prometheus():
