@@ -21,7 +21,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-quantize", choices=["int8", "int4", "none"], default=None,
                    help="quantization of the tied embedding/output matrix (default int8)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the decode step (default: on for CUDA, off for CPU)")
+                   help="torch.compile the decode step (default: on for CUDA and for serve, which compiles its "
+                        "one shape at start-up; off for CPU generate/chat, where each new shape compiles ~40 s)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
@@ -159,7 +160,7 @@ def cmd_serve(args) -> int:
     llm = _load(args)
     max_len = min(args.max_len, llm.config.max_seq_len)
     app = create_app(llm, model_name=args.name, max_batch=args.max_batch, max_queue=args.max_queue, max_len=max_len,
-                     compile=args.compile, sync_every=args.sync_every)
+                     compile=True if args.compile is None else args.compile, sync_every=args.sync_every)
     print(f"serving {app.state.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -103,6 +103,20 @@ class Scheduler:
     def queued(self) -> int:
         return self.waiting.qsize()
 
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Run the decode step once per path (greedy, sampling) on the idle rows, so that compiling it
+        happens before the first request instead of during it. Idle rows attend to nothing but themselves."""
+        if any(r is not None for r in self.rows):
+            raise RuntimeError("warmup() is for an idle scheduler")
+        u = torch.zeros(self.max_batch, device=self.device)
+        pos = torch.tensor([self.clock], device=self.device)
+        for greedy in (True, False):
+            self.step_fn(self.model, self.next_tok, pos, self.pad, self.temperature, self.top_k, self.top_p, u,
+                         greedy, None)
+        self.pad.fill_(self.clock + 1)
+        self.clock += 1
+
     def run_until_idle(self) -> None:
         while self.step():
             pass

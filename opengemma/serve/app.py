@@ -115,6 +115,7 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
 
     @asynccontextmanager
     async def lifespan(_app):
+        await asyncio.to_thread(sched.warmup)  # compile before serving (the app answers once it is up)
         engine.start()  # one engine loop for all requests
         yield
         sched.stop()
