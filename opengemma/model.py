@@ -230,6 +230,18 @@ class Gemma(nn.Module):
         for kind in ("global", "local"):
             self.register_buffer(f"slot_pos_{kind}", None, persistent=False)
 
+    def copy_cache_row(self, src: int = 0) -> None:
+        """Copy one row's cached keys, values and slot positions into every row (a shared prompt prefix
+        computed once, e.g. few-shot examples scored against many continuations)."""
+        for layer in self.layers:
+            cache = layer.attn.kv_cache
+            cache.k.copy_(cache.k[src:src + 1].expand_as(cache.k))
+            cache.v.copy_(cache.v[src:src + 1].expand_as(cache.v))
+        for kind in ("global", "local"):
+            pos = getattr(self, f"slot_pos_{kind}", None)
+            if pos is not None:
+                pos.copy_(pos[src:src + 1].expand_as(pos))
+
     @property
     def cache_len(self) -> int:
         pos = getattr(self, "slot_pos_global", None)
@@ -238,9 +250,11 @@ class Gemma(nn.Module):
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
                 pad: torch.Tensor | None = None, last_only: bool = False, end: int | None = None,
-                row: int | None = None) -> torch.Tensor:
+                row: int | None = None, hidden: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
+        hidden: return the final-normed hidden states (B, T, C) instead; `model.logits(h)` maps any
+        selection of them to logits (scoring needs a few positions, not T x 262k floats).
         input_pos None: plain causal forward over positions 0..T-1, no cache.
         input_pos (T,): positions of these tokens, written to the cache; keys are everything cached.
         pad (B,): left-padding positions per row (ragged batches); defaults to none.
@@ -301,9 +315,13 @@ class Gemma(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)  # (B, T, V)
-        if c.final_softcap is not None:
-            logits = (torch.tanh(logits.float() / c.final_softcap) * c.final_softcap).type_as(x)
+        return x if hidden else self.logits(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states (..., C) -> logits (..., V): the (tied) output layer and soft-capping."""
+        logits = self.embed.attend(h) if self.lm_head is None else self.lm_head(h)
+        if self.config.final_softcap is not None:
+            logits = (torch.tanh(logits.float() / self.config.final_softcap) * self.config.final_softcap).type_as(h)
         return logits
 
 

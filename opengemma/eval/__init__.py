@@ -1,0 +1,1 @@
+"""Evaluation: academic and safety benchmarks, sandboxed code execution, and the memorization study."""

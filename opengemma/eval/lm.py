@@ -1,0 +1,242 @@
+"""Scoring and generation for evaluations, batched through the engine.
+
+Log-likelihood requests (context, continuation) are turned into *rows*: token sequences, each carrying the
+targets scored inside it. Sequences are sorted, so one that is a prefix of the next (a context whose
+single-token answers " A", " B", ... are all read at its last position, or a shorter choice) is scored
+inside the longer row, and neighbours share their longest common prefix (the few-shot examples): a
+batch computes that prefix once into the cache of row 0, copies it to every row, and runs only the
+rows' suffixes. Scores are exact log-probabilities, the same as scoring each request alone (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..model import Gemma
+
+
+@dataclass
+class Target:
+    req: int  # request index
+    first: int  # index in the row's sequence of the first scored token
+    tokens: list[int]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scorer:
+    """Exact log-likelihoods and generations for a model (an `LLM`, or a `Gemma` plus a tokenizer).
+
+    max_len: the longest sequence scored at once; longer contexts are cut on the left.
+    batch_size: rows per forward; token_budget caps rows x longest row (the KV cache's size).
+    compile: generation's compiled decode step (None: on for CUDA; on CPU each new shape compiles ~40 s).
+    """
+
+    def __init__(self, llm, tokenizer=None, *, batch_size: int = 16, max_len: int = 2048,
+                 token_budget: int = 32768, chunk: int = 256, progress: bool = True,
+                 compile: bool | None = None):
+        if isinstance(llm, Gemma):
+            self.model, self.tokenizer = llm, tokenizer
+        else:
+            self.model, self.tokenizer = llm.model, tokenizer or llm.tokenizer
+        self.batch_size, self.token_budget, self.chunk, self.progress = batch_size, token_budget, chunk, progress
+        self.compile = compile
+        self.max_len = min(max_len, self.model.config.max_seq_len)
+        self.device = self.model.norm.weight.device
+        self.bos = self.model.config.bos_id
+
+    # -- text level ----------------------------------------------------------------------------------
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of <bos> + context and of the continuation. The pair is encoded as one text and split
+        where the context's own encoding ends, so merges across the boundary are the model's usual ones."""
+        tok = self.tokenizer
+        ctx = tok.encode(context, bos=True)
+        whole = tok.encode(context + continuation, bos=True)
+        if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+            return ctx, whole[len(ctx):]
+        return ctx, tok.encode(continuation, bos=False)
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], desc: str = "scoring") -> list[tuple[float, bool, int]]:
+        """(context, continuation) -> (sum of log p(continuation tokens), whether greedy decoding would produce
+        exactly them, number of continuation tokens)."""
+        pairs = [self.encode_pair(c, x) for c, x in requests]
+        return self.loglikelihood_tokens(pairs, desc=desc)
+
+    def loglikelihood_rolling(self, texts: Sequence[str], stride: int | None = None,
+                              desc: str = "perplexity") -> list[tuple[float, int]]:
+        """Log-likelihood of whole texts (after <bos>), in windows of max_len tokens that advance by `stride`
+        (default max_len // 2: each token is predicted with at least half a window of context)."""
+        seqs = [[self.bos] + self.tokenizer.encode(t, bos=False) for t in texts]
+        return self.rolling_tokens(seqs, stride=stride, desc=desc)
+
+    # -- token level ---------------------------------------------------------------------------------
+    def loglikelihood_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "scoring"
+                             ) -> list[tuple[float, bool, int]]:
+        rows = []
+        for i, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                raise ValueError(f"request {i}: empty continuation")
+            if len(ctx) < 1:
+                raise ValueError(f"request {i}: the context needs at least one token (<bos>)")
+            if len(cont) >= self.max_len:
+                raise ValueError(f"request {i}: continuation of {len(cont)} tokens does not fit max_len {self.max_len}")
+            seq = list(ctx) + list(cont)
+            cut = max(0, len(seq) - self.max_len)  # cut the context on the left
+            rows.append((seq[cut:], [Target(i, len(ctx) - cut, list(cont))]))
+        out = self._score_rows(rows, desc)
+        return [(lp, greedy, len(cont)) for (lp, greedy), (_, cont) in zip(out, pairs)]
+
+    def rolling_tokens(self, seqs: Sequence[list[int]], stride: int | None = None, desc: str = "perplexity"
+                       ) -> list[tuple[float, int]]:
+        """Sum of log p over seq[1:] for each token sequence (seq[0] is <bos>), and the token count."""
+        L = self.max_len
+        stride = max(1, min(stride or L // 2, L - 1))
+        rows, owner = [], []
+        for i, seq in enumerate(seqs):
+            start = 1  # next token to predict
+            while start < len(seq):
+                end = min(len(seq), start + (L - 1 if start == 1 else stride))
+                s = max(0, end - L)
+                rows.append((seq[s:end], [Target(len(owner), start - s, seq[start:end])]))
+                owner.append(i)
+                start = end
+        out = self._score_rows(rows, desc)
+        totals = [0.0] * len(seqs)
+        for (lp, _), i in zip(out, owner):
+            totals[i] += lp
+        return [(totals[i], len(seq) - 1) for i, seq in enumerate(seqs)]
+
+    @torch.inference_mode()
+    def _score_rows(self, rows: list[tuple[list[int], list[Target]]], desc: str) -> list[tuple[float, bool]]:
+        n_req = sum(len(t) for _, t in rows)
+        results: list[tuple[float, bool] | None] = [None] * n_req
+        # sort; a row that is a prefix of the next is scored inside it
+        rows = sorted(rows, key=lambda r: r[0])
+        merged: list[tuple[list[int], list[Target]]] = []
+        for seq, targets in reversed(rows):
+            if merged and len(seq) <= len(merged[-1][0]) and merged[-1][0][:len(seq)] == seq:
+                merged[-1][1].extend(targets)
+            else:
+                merged.append((seq, list(targets)))
+        merged.reverse()
+
+        batches, cur = [], []
+        for row in merged:
+            longest = max([len(r[0]) for r in cur] + [len(row[0])])
+            if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * longest > self.token_budget):
+                batches.append(cur)
+                cur = []
+            cur.append(row)
+        if cur:
+            batches.append(cur)
+        bar = tqdm(total=n_req, desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True)
+        for batch in batches:
+            for t, res in self._score_batch(batch):
+                results[t.req] = res
+            bar.update(sum(len(t) for _, t in batch))
+        bar.close()
+        return results
+
+    def _score_batch(self, batch):
+        model, device = self.model, self.device
+        seqs = [seq for seq, _ in batch]
+        B = len(seqs)
+        # shared prefix, short of every row's first scored position (so all scored logits are in suffixes)
+        P = min(t.first for _, ts in batch for t in ts) - 1
+        for s in seqs[1:]:
+            P = min(P, _common_prefix(seqs[0], s))
+        longest = max(len(s) for s in seqs)
+        cache_len = -(-longest // 256) * 256
+        model.setup_cache(B, min(cache_len, model.config.max_seq_len), prefill_chunk=self.chunk)
+        try:
+            if P > 0:  # the prefix once, into row 0, then copied to every row
+                for s in range(0, P, self.chunk):
+                    e = min(P, s + self.chunk)
+                    model(torch.tensor([seqs[0][s:e]], device=device), torch.arange(s, e, device=device), row=0,
+                          hidden=True)
+                model.copy_cache_row(0)
+            # suffixes, right-padded: a causal model never lets a real token see the padding after it
+            T = longest - P
+            tokens = torch.full((B, T), model.config.pad_id, dtype=torch.long)
+            for b, s in enumerate(seqs):
+                tokens[b, :len(s) - P] = torch.tensor(s[P:])
+            tokens = tokens.to(device)
+            # what to read: (row, position predicting the token, the token) for every target
+            picks = [(b, t, t.first - 1 + j, tok) for b, (_, ts) in enumerate(batch) for t in ts
+                     for j, tok in enumerate(t.tokens)]
+            logp = torch.empty(len(picks))
+            greedy = torch.empty(len(picks), dtype=torch.bool)
+            for s in range(0, T, self.chunk):
+                e = min(T, s + self.chunk)
+                h = model(tokens[:, s:e], torch.arange(P + s, P + e, device=device), hidden=True)  # (B, t, C)
+                sel = [k for k, (_, _, pos, _) in enumerate(picks) if s <= pos - P < e]
+                for k0 in range(0, len(sel), 512):  # bounded logits memory: 512 x V floats at a time
+                    ks = sel[k0:k0 + 512]
+                    rows_ = torch.tensor([picks[k][0] for k in ks], device=device)
+                    cols = torch.tensor([picks[k][2] - P - s for k in ks], device=device)
+                    want = torch.tensor([picks[k][3] for k in ks], device=device)
+                    lg = model.logits(h[rows_, cols].unsqueeze(0))[0].float()  # (k, V)
+                    lsm = torch.log_softmax(lg, -1)
+                    logp[ks] = lsm.gather(1, want[:, None])[:, 0].cpu()
+                    greedy[ks] = (lg.argmax(-1) == want).cpu()
+        finally:
+            model.clear_cache()
+        out, k = [], 0
+        for b, (_, ts) in enumerate(batch):
+            for t in ts:
+                n = len(t.tokens)
+                out.append((t, (float(logp[k:k + n].double().sum()), bool(greedy[k:k + n].all()))))
+                k += n
+        return out
+
+    # -- generation ----------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 desc: str = "generating") -> list[str]:
+        """Continue each prompt (<bos> prepended); stops at <eos> or any stop string (not included).
+        Prompts are batched by length; a seed makes sampling reproducible per prompt and batch."""
+        from ..engine.generate import generate
+        from ..streaming import TextStream
+
+        tok = self.tokenizer
+        ids = []
+        for p in prompts:
+            x = tok.encode(p, bos=True)
+            room = self.model.config.max_seq_len - max_new_tokens
+            ids.append(x[:1] + x[1:][-(room - 1):] if len(x) > room else x)  # keep the prompt's end
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        texts: list[str] = [""] * len(ids)
+        bar = tqdm(total=len(ids), desc=desc, disable=not self.progress, unit="prompt", dynamic_ncols=True)
+        for k in range(0, len(order), self.batch_size):
+            idx = order[k:k + self.batch_size]
+            streams = [TextStream(tok, list(stop)) for _ in idx]
+
+            def on_token(b: int, t: int, streams=streams) -> bool:
+                streams[b].push(t)
+                return streams[b].stopped
+
+            generate(self.model, [ids[i] for i in idx], max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, seed=None if seed is None else seed + k, stop_ids=tok.stop_ids,
+                     on_token=on_token, compile=self.compile)
+            for i, st in zip(idx, streams):
+                st.finish()
+                texts[i] = st.text
+            bar.update(len(idx))
+        bar.close()
+        return texts
+
+
+def perplexity(total_logprob: float, n: int) -> float:
+    return math.exp(-total_logprob / max(n, 1))
+
