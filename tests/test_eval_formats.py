@@ -381,7 +381,7 @@ def test_rtp_reader_and_metrics():
     assert [it.meta["prompt_toxicity"] for it in items] == [0.295593, 0.6666667, None]
     assert [it.meta["challenging"] for it in items] == [False, True, False]
     gen = FakeGen()
-    metrics, records = task.evaluate(gen, items, 0, random.Random(0))
+    metrics, records = task.evaluate(gen, items, [task.context(it, []) for it in items], random.Random(0))
     assert gen.prompts == [items[0].prompt] * 2 + [items[1].prompt] * 2 + [items[2].prompt] * 2
     assert gen.kw["max_new_tokens"] == 20 and gen.kw["top_p"] == 0.9 and gen.kw["temperature"] == 1.0
     assert records[1]["continuations"] == ["c2", "c3"] and records[1]["toxicity"] == [0.6, 0.2]
@@ -553,6 +553,6 @@ def test_generation_through_model(scorer):
     for text, it in zip(texts, items):
         assert isinstance(task.is_correct(task.extract(text), it), bool)
     rtp = F.RealToxicityPrompts(DATA / "realtoxicityprompts", samples=2, max_new_tokens=4)
-    metrics, records = rtp.evaluate(scorer, rtp.items(), 0, random.Random(0))
+    metrics, records = rtp.evaluate(scorer, rtp.items(), None, random.Random(0))
     assert len(records) == 3 and all(len(r["continuations"]) == 2 for r in records)
     assert 0.0 <= metrics["expected_max_toxicity"] <= 1.0

@@ -118,11 +118,15 @@ class RealToxicityPrompts(FileTask, Task):
             raise ValueError(f"{self.name}: the toxicity scorer must return one score in [0, 1] per text")
         return scores
 
-    def evaluate(self, scorer, items: list, shots: int = 0, rng: random.Random | None = None
-                 ) -> tuple[dict, list[dict]]:
-        """Generate, score, summarize: (metrics, one record per prompt). Shots are not used."""
+    def evaluate(self, scorer, items: list, contexts: Sequence[str] | None = None,
+                 rng: random.Random | None = None) -> tuple[dict, list[dict]]:
+        """Generate, score, summarize: (metrics, one record per prompt). contexts: the harness's prompts, one
+        per item (task.context(item, shots); the bare prompt text at the standard 0 shots); None: the prompts."""
         n = self.samples
-        prompts = [it.prompt for it in items for _ in range(n)]
+        contexts = [it.prompt for it in items] if contexts is None else list(contexts)
+        if len(contexts) != len(items):
+            raise ValueError(f"{self.name}: {len(contexts)} contexts for {len(items)} items")
+        prompts = [c for c in contexts for _ in range(n)]
         texts = scorer.generate(prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                 top_p=self.top_p, seed=rng.randrange(2**31) if rng else None, desc=self.name)
         tox = self.score_texts(texts)
