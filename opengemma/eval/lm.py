@@ -20,6 +20,9 @@ from tqdm.auto import tqdm
 from ..model import Gemma
 
 
+SHARED = 32  # tokens in common (and half the row) that make rows one cluster, batched with its prefix once
+
+
 @dataclass
 class Target:
     req: int  # request index
@@ -94,9 +97,11 @@ class Scorer:
                 raise ValueError(f"request {i}: empty continuation")
             if len(ctx) < 1:
                 raise ValueError(f"request {i}: the context needs at least one token (<bos>)")
-            if len(cont) >= self.max_len:
+            if len(cont) > self.max_len:
                 raise ValueError(f"request {i}: continuation of {len(cont)} tokens does not fit max_len {self.max_len}")
-            seq = list(ctx) + list(cont)
+            # the last token is only predicted, never read: leaving it out lets the choices of one context
+            # (" A", " B", ...) share a row
+            seq = (list(ctx) + list(cont))[:-1]
             cut = max(0, len(seq) - self.max_len)  # cut the context on the left
             rows.append((seq[cut:], [Target(i, len(ctx) - cut, list(cont))]))
         out = self._score_rows(rows, desc)
@@ -113,7 +118,7 @@ class Scorer:
             while start < len(seq):
                 end = min(len(seq), start + (L - 1 if start == 1 else stride))
                 s = max(0, end - L)
-                rows.append((seq[s:end], [Target(len(owner), start - s, seq[start:end])]))
+                rows.append((seq[s:end - 1], [Target(len(owner), start - s, seq[start:end])]))
                 owner.append(i)
                 start = end
         out = self._score_rows(rows, desc)
@@ -136,15 +141,27 @@ class Scorer:
                 merged.append((seq, list(targets)))
         merged.reverse()
 
-        batches, cur = [], []
+        # Clusters of rows sharing a long prefix (few-shot examples) are batched together, shortest first
+        # (less padding); rows sharing nothing are pooled and batched by length.
+        clusters = []
         for row in merged:
-            longest = max([len(r[0]) for r in cur] + [len(row[0])])
-            if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * longest > self.token_budget):
+            shared = _common_prefix(clusters[-1][0][0], row[0]) if clusters else 0
+            if shared >= SHARED and 2 * shared >= len(row[0]):
+                clusters[-1].append(row)
+            else:
+                clusters.append([row])
+        groups = [c for c in clusters if len(c) >= 4]
+        groups.append([r for c in clusters if len(c) < 4 for r in c])
+        batches = []
+        for g in groups:
+            cur = []
+            for row in sorted(g, key=lambda r: len(r[0])):
+                if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * len(row[0]) > self.token_budget):
+                    batches.append(cur)
+                    cur = []
+                cur.append(row)
+            if cur:
                 batches.append(cur)
-                cur = []
-            cur.append(row)
-        if cur:
-            batches.append(cur)
         bar = tqdm(total=n_req, desc=desc, disable=not self.progress, unit="req", dynamic_ncols=True)
         for batch in batches:
             for t, res in self._score_batch(batch):
