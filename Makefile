@@ -13,7 +13,7 @@ install:
 	$(PIP) install -q -e ".[default-model]"
 
 install-test: install
-	$(PIP) install -q -e ".[default-model,serve,test]"
+	$(PIP) install -q -e ".[default-model,serve,eval,test]"
 	# the chat page's browser test drives Debian's chromium (Playwright's own browser downloads don't work here)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
