@@ -53,6 +53,7 @@ class Scorer:
             self.model, self.tokenizer = llm, tokenizer
         else:
             self.model, self.tokenizer = llm.model, tokenizer or llm.tokenizer
+            compile = llm.compile if compile is None else compile
         self.batch_size, self.token_budget, self.chunk, self.progress = batch_size, token_budget, chunk, progress
         self.compile = compile
         self.max_len = min(max_len, self.model.config.max_seq_len)
