@@ -208,6 +208,12 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--data takes TASK=PATH, got {item!r}")
         data[name] = path
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    known = task_names()
+    for t in tasks:  # fail before loading the model
+        if t not in known:
+            raise ValueError(f"unknown task {t!r}; known tasks: {', '.join(known)}")
+        if REGISTRY[t].user_data and t not in data:
+            raise ValueError(f"task {t!r} reads data you supply: pass --data {t}=PATH ({REGISTRY[t].help})")
     llm = _load(args)
     report = evaluate(llm, tasks, shots=args.shots, limit=args.limit, seed=args.seed, output=args.output, data=data,
                       samples=args.samples, temperature=args.temperature, batch_size=args.batch_size,

