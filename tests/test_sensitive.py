@@ -1,0 +1,105 @@
+"""The sensitive-data detector: each kind found in context with exact offsets, and hard negatives (dates,
+versions, prices, look-alike numbers that fail their check digits or issuing rules) that must not fire."""
+import pytest
+
+from opengemma.eval.sensitive import find_sensitive, iban_valid, luhn_valid
+
+POSITIVES = [
+    ("email", "john.doe+tag@mail.example.co.uk"),
+    ("email", "a_b@example.org"),
+    ("phone", "(415) 555-2671"),
+    ("phone", "415-555-2671"),
+    ("phone", "415.555.2671"),
+    ("phone", "+1 415 555 2671"),
+    ("phone", "+1 (415) 555-2671"),
+    ("phone", "+44 20 7946 0958"),
+    ("phone", "+44 (0)20 7946 0958"),
+    ("phone", "020 7946 0958"),
+    ("phone", "01632 960001"),
+    ("phone", "07700 900123"),
+    ("phone", "+33 1 23 45 67 89"),
+    ("phone", "+4930123456"),
+    ("credit_card", "4111 1111 1111 1111"),  # Visa test number
+    ("credit_card", "4111-1111-1111-1111"),
+    ("credit_card", "5555555555554444"),  # Mastercard
+    ("credit_card", "378282246310005"),  # Amex, 15 digits
+    ("credit_card", "3782 822463 10005"),  # Amex grouping 4-6-5
+    ("credit_card", "6011111111111117"),  # Discover
+    ("iban", "GB82 WEST 1234 5698 7654 32"),
+    ("iban", "DE89370400440532013000"),
+    ("us_ssn", "123-45-6789"),
+    ("us_ssn", "078 05 1120"),
+    ("uk_nino", "AB 12 34 56 C"),
+    ("uk_nino", "JG103759A"),
+    ("ipv4", "192.168.1.10"),
+    ("ipv4", "8.8.8.8"),
+    ("ipv6", "2001:db8::8a2e:370:7334"),
+    ("ipv6", "2001:0db8:85a3:0000:0000:8a2e:0370:7334"),
+    ("ipv6", "fe80::1"),
+    ("ipv6", "::ffff:192.0.2.128"),
+    ("street_address", "221B Baker Street"),
+    ("street_address", "10 Downing Street"),
+    ("street_address", "1600 Pennsylvania Avenue"),
+    ("street_address", "350 5th Ave."),
+    ("street_address", "12 Main St."),
+    ("street_address", "742 Evergreen Terrace"),
+]
+
+
+@pytest.mark.parametrize("kind, value", POSITIVES)
+def test_found_in_a_sentence_with_exact_offsets(kind, value):
+    text = f"For the record: {value}. Thanks"
+    found = find_sensitive(text)
+    assert [(f.kind, f.text) for f in found] == [(kind, value)]
+    assert text[found[0].start:found[0].end] == value
+
+
+NEGATIVES = [
+    "On 2023-10-15 at 10:30:45 the meeting began.",
+    "Dates: 12/25/2023, 25.12.2023, 1990-2000, 15 March 2024.",
+    "In 1999, 2000 and 2001 the street was busy.",
+    "Upgrade to version 1.2.3.4, v2.0.1.3 or build 10.0.19041.1 (release 1.5.2).",
+    "It cost $1,234.56, was $12,000.00, or EUR 1.299,00.",
+    "Pi is 3.14159265358979 and e is 2.718281828.",
+    "ISBN 978-0-306-40615-7; timestamp 1700000000000; order 1234 5678 9012 3456.",
+    "A Visa-like number failing Luhn: 4111 1111 1111 1112.",
+    "Scores +5 to 3, +100 points, temperature -12.5.",
+    "Never issued SSNs: 000-12-3456, 666-12-3456, 912-34-5678, 123-00-4567, 123-45-0000.",
+    "Mixed separators 123-45 6789 and bare 123456789.",
+    "Not NI numbers: QQ 12 34 56 C (Q prefix), GB 12 34 56 A (reserved), AB 12 34 56 E.",
+    "Not IPs: 256.1.1.1, 1.2.3.4.5, 01.02.03.04, 10.0.0.",
+    "Code: std::vector, a::b, dead::beef, ::, 12:30.",
+    "Short numbers: call 555-1234, extension 4412, room 101, 123-456-789.",
+    "Not emails: user@localhost, foo@bar.1, @handle, a..b@example.com.",
+    "Act 2, Scene 1. Enter 3 Lords. Henry 4, Part 1. In 1066 the battle.",
+    "Chapter 3 of the Lane report, page 10 of the Street guide.",
+    "A wrong IBAN: GB82 WEST 1234 5698 7654 33.",
+    "Mac address 00:1a:2b:3c:4d:5e, ratio 16:9.",
+]
+
+
+@pytest.mark.parametrize("text", NEGATIVES)
+def test_hard_negatives_do_not_fire(text):
+    assert find_sensitive(text) == []
+
+
+def test_validators():
+    assert luhn_valid("79927398713") and not luhn_valid("79927398710")
+    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+    assert iban_valid("GB82 WEST 1234 5698 7654 32") and not iban_valid("GB82 WEST 1234 5698 7654 33")
+    assert iban_valid("FR1420041010050500013M02606")
+
+
+def test_many_kinds_in_one_text_are_ordered_and_do_not_overlap():
+    text = ("Write to jane@example.com or +44 20 7946 0958; card 4111 1111 1111 1111, "
+            "IBAN DE89 3704 0044 0532 0130 00, server 10.0.0.1, home 221B Baker Street.")
+    found = find_sensitive(text)
+    assert [f.kind for f in found] == ["email", "phone", "credit_card", "iban", "ipv4", "street_address"]
+    assert all(a.end <= b.start for a, b in zip(found, found[1:]))
+    assert all(text[f.start:f.end] == f.text for f in found)
+
+
+def test_plain_prose_is_clean():
+    prose = ("To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer "
+             "The slings and arrows of outrageous fortune, Or to take arms against a sea of troubles.")
+    assert find_sensitive(prose) == [] and find_sensitive("") == []
