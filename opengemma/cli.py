@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
     d.add_argument("--force", action="store_true", help="download again")
 
+    from .eval.memorization import add_cli as add_memorization_cli
+
+    add_memorization_cli(sub)  # eval-memorization: the paper's memorization study
+
     i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
     i.add_argument("src", help="preset name, HF layout directory or .gguf file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
