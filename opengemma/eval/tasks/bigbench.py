@@ -71,16 +71,21 @@ def read_bigbench(path: Path) -> tuple[dict, list[dict]]:
     return spec, examples
 
 
+def _open_task(task, name: str, path: Path, max_items: int | None) -> list[dict]:
+    """Read a task file and set the task's name, prompt conventions and (empty) item list."""
+    task.name, task.path, task.max_items = name, path, max_items
+    spec, examples = read_bigbench(path)
+    task.fmt = BigBenchFormat(spec)
+    task.description, task.shot_separator = task.fmt.task_prefix, task.fmt.separator
+    task._items = []
+    return examples
+
+
 class BigBenchMC(MultipleChoiceTask):
     """target_scores examples: choices in sorted order, gold = the best-scored choices."""
 
     def __init__(self, name: str, path: Path, max_items: int | None = None):
-        self.name, self.path, self.max_items = name, path, max_items
-        spec, examples = read_bigbench(path)
-        self.fmt = BigBenchFormat(spec)
-        self.description = self.fmt.task_prefix
-        self.shot_separator = self.fmt.separator
-        self._items = []
+        examples = _open_task(self, name, path, max_items)
         for e in examples:
             if "target_scores" not in e:
                 continue
@@ -106,12 +111,7 @@ class BigBenchGen(GenerateTask):
     max_new_tokens = 128
 
     def __init__(self, name: str, path: Path, max_items: int | None = None):
-        self.name, self.path, self.max_items = name, path, max_items
-        spec, examples = read_bigbench(path)
-        self.fmt = BigBenchFormat(spec)
-        self.description = self.fmt.task_prefix
-        self.shot_separator = self.fmt.separator
-        self._items = []
+        examples = _open_task(self, name, path, max_items)
         for e in examples:
             t = e.get("target")
             if t is None:
