@@ -263,11 +263,21 @@ def _private_mounts(cfg: dict) -> str:
             os.makedirs(path, exist_ok=True)
             _mount(os.path.join(stage, os.path.relpath(path, top)), path, None, MS_BIND | MS_REC)
         _sys("umount2", stage.encode(), MNT_DETACH)
+    # An interpreter that lives below /tmp (a venv there) would vanish under the new tmpfs: hold its
+    # directories open and bind them back at the same paths afterwards
+    masked = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+    keep = sorted({os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))
+                   if any(os.path.realpath(d).startswith(m + os.sep) for m in masked)})
+    held = [(os.open(d, os.O_PATH | os.O_DIRECTORY), d) for d in keep]
     uid, size = cfg["uid"], 4 * cfg["max_file_mb"]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=700,uid={uid},gid={uid}")
-    for shared in ("/var/tmp", "/dev/shm", "/run/lock"):
+    for shared in masked[1:]:
         if os.path.isdir(shared):
             _mount("/tmp", shared, None, MS_BIND)
+    for fd, d in held:
+        os.makedirs(d, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", d, None, MS_BIND | MS_REC)
+        os.close(fd)
     return "/tmp"
 
 
