@@ -242,6 +242,18 @@ class Gemma(nn.Module):
             if pos is not None:
                 pos.copy_(pos[src:src + 1].expand_as(pos))
 
+    def select_cache_rows(self, index: torch.Tensor) -> None:
+        """Keep the cache rows `index` (R,), in that order, repeats allowed: a context computed once,
+        forked into one row per continuation."""
+        for layer in self.layers:
+            cache = layer.attn.kv_cache
+            cache.k, cache.v = cache.k.index_select(0, index), cache.v.index_select(0, index)
+        for kind in ("global", "local"):
+            pos = getattr(self, f"slot_pos_{kind}", None)
+            if pos is not None:
+                self.register_buffer(f"slot_pos_{kind}", pos.index_select(0, index), persistent=False)
+        self.cache_shape = (len(index),) + self.cache_shape[1:]
+
     @property
     def cache_len(self) -> int:
         pos = getattr(self, "slot_pos_global", None)

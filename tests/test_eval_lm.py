@@ -70,3 +70,24 @@ def test_bad_requests():
         scorer.loglikelihood_tokens([([2, 5], [])])
     with pytest.raises(ValueError, match="does not fit"):
         scorer.loglikelihood_tokens([([2], list(range(3, 40)))])
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
+def test_forked_contexts_equal_scoring_alone(name, monkeypatch):
+    """Items with several multi-token choices and nothing shared between items: each context is computed
+    once, left-padded, and its cache rows forked into one row per choice."""
+    model = tiny_model(name, std=0.3)
+    rng = random.Random(5)
+    pairs = []
+    for q in range(6):
+        ctx = [2] + [rng.randrange(3, 500) for _ in range(rng.choice([3, 12, 40, 75]))]  # 75 > sliding window
+        for _ in range(3):
+            pairs.append((ctx, [rng.randrange(3, 500) for _ in range(rng.randrange(2, 6))]))
+    forks = []
+    orig = type(model).select_cache_rows
+    monkeypatch.setattr(type(model), "select_cache_rows", lambda self, idx: forks.append(len(idx)) or orig(self, idx))
+    got = Scorer(model, batch_size=7, max_len=128, chunk=16, progress=False).loglikelihood_tokens(pairs)
+    assert forks, "the fork plan was not used"
+    for (ctx, cont), (lp, greedy, _) in zip(pairs, got):
+        ref, ref_greedy = reference_logprob(model, ctx, cont)
+        assert lp == pytest.approx(ref, abs=1e-3) and greedy == ref_greedy

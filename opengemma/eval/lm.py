@@ -30,6 +30,11 @@ class Target:
     tokens: list[int]
 
 
+def _context_len(row) -> int:
+    """Tokens of a row before its first scored position (they only condition)."""
+    return min(t.first for t in row[1]) - 1
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -151,12 +156,15 @@ class Scorer:
                 clusters[-1].append(row)
             else:
                 clusters.append([row])
-        groups = [c for c in clusters if len(c) >= 4]
-        groups.append([r for c in clusters if len(c) < 4 for r in c])
+        groups = [sorted(c, key=lambda r: len(r[0])) for c in clusters if len(c) >= 4]
+        # the rest by context (what precedes the first scored token), so that the rows of one context stay
+        # together and a batch can compute it once and fork it (_score_batch)
+        groups.append(sorted((r for c in clusters if len(c) < 4 for r in c),
+                             key=lambda r: (_context_len(r), r[0])))
         batches = []
         for g in groups:
             cur = []
-            for row in sorted(g, key=lambda r: len(r[0])):
+            for row in g:
                 if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * len(row[0]) > self.token_budget):
                     batches.append(cur)
                     cur = []
@@ -172,44 +180,74 @@ class Scorer:
         return results
 
     def _score_batch(self, batch):
+        """Score one batch by the cheaper of two plans. Shared prefix: the batch's common prefix once (row
+        0, copied to all rows), then every row's rest. Fork: each distinct context once (left-padded so all
+        end together), its cache rows repeated for the rows that continue it, then only the continuations."""
         model, device = self.model, self.device
         seqs = [seq for seq, _ in batch]
         B = len(seqs)
-        # shared prefix, short of every row's first scored position (so all scored logits are in suffixes)
-        P = min(t.first for _, ts in batch for t in ts) - 1
+        ctx = [_context_len(r) for r in batch]  # tokens before the first scored position, per row
+        P = min(ctx)  # the shared prefix, short of every row's first scored position
         for s in seqs[1:]:
             P = min(P, _common_prefix(seqs[0], s))
         longest = max(len(s) for s in seqs)
-        cache_len = -(-longest // 256) * 256
-        model.setup_cache(B, min(cache_len, model.config.max_seq_len), prefill_chunk=self.chunk)
+        owners: dict[tuple, int] = {}  # distinct contexts -> index
+        row_ctx = [owners.setdefault(tuple(s[:c]), len(owners)) for s, c in zip(seqs, ctx)]
+        G, Lc = len(owners), max(ctx)
+        S = max(len(s) - c for s, c in zip(seqs, ctx))
+        fork = G < B and G * Lc + B * S < 0.8 * (P + B * (longest - P))
+        start = [c for c in ctx] if fork else [P] * B  # where each row's own part begins
+        base = Lc if fork else P  # position of the first token of the rows' own parts
+        T = (S if fork else longest - P)
+        cache_len = min(-(-(base + T) // 256) * 256, model.config.max_seq_len)
+        pad = None
         try:
-            if P > 0:  # the prefix once, into row 0, then copied to every row
-                for s in range(0, P, self.chunk):
-                    e = min(P, s + self.chunk)
-                    model(torch.tensor([seqs[0][s:e]], device=device), torch.arange(s, e, device=device), row=0,
-                          end=e, hidden=True)
-                model.copy_cache_row(0)
-            # suffixes, right-padded: a causal model never lets a real token see the padding after it
-            T = longest - P
+            if fork:
+                model.setup_cache(G, cache_len, prefill_chunk=self.chunk)
+                contexts = [None] * G
+                for s, c, g in zip(seqs, ctx, row_ctx):
+                    contexts[g] = s[:c]
+                ctx_tokens = torch.full((G, Lc), model.config.pad_id, dtype=torch.long)
+                for g, c in enumerate(contexts):
+                    if c:
+                        ctx_tokens[g, Lc - len(c):] = torch.tensor(c)
+                pad_g = torch.tensor([Lc - len(c) for c in contexts], device=device)
+                ctx_tokens = ctx_tokens.to(device)
+                for s in range(0, Lc, self.chunk):
+                    e = min(Lc, s + self.chunk)
+                    model(ctx_tokens[:, s:e], torch.arange(s, e, device=device), pad=pad_g, end=e, hidden=True)
+                index = torch.tensor(row_ctx, device=device)
+                model.select_cache_rows(index)
+                pad = pad_g.index_select(0, index)
+            else:
+                model.setup_cache(B, cache_len, prefill_chunk=self.chunk)
+                if P > 0:  # the prefix once, into row 0, then copied to every row
+                    for s in range(0, P, self.chunk):
+                        e = min(P, s + self.chunk)
+                        model(torch.tensor([seqs[0][s:e]], device=device), torch.arange(s, e, device=device),
+                              row=0, end=e, hidden=True)
+                    model.copy_cache_row(0)
+            # the rows' own parts, right-padded: a causal model never lets a real token see the padding after it
             tokens = torch.full((B, T), model.config.pad_id, dtype=torch.long)
             for b, s in enumerate(seqs):
-                tokens[b, :len(s) - P] = torch.tensor(s[P:])
+                tokens[b, :len(s) - start[b]] = torch.tensor(s[start[b]:])
             tokens = tokens.to(device)
-            # what to read: (row, position predicting the token, the token) for every target
-            picks = [(b, t, t.first - 1 + j, tok) for b, (_, ts) in enumerate(batch) for t in ts
+            # what to read: (row, column in the row's own part predicting the token, the token)
+            picks = [(b, t.first - 1 + j - start[b], tok) for b, (_, ts) in enumerate(batch) for t in ts
                      for j, tok in enumerate(t.tokens)]
             logp = torch.empty(len(picks))
             greedy = torch.empty(len(picks), dtype=torch.bool)
             for s in range(0, T, self.chunk):
                 e = min(T, s + self.chunk)
-                # end: no slot past P + e holds keys yet, so attention reads only the filled ones
-                h = model(tokens[:, s:e], torch.arange(P + s, P + e, device=device), end=P + e, hidden=True)  # (B, t, C)
-                sel = [k for k, (_, _, pos, _) in enumerate(picks) if s <= pos - P < e]
+                # end: no slot past base + e holds keys yet, so attention reads only the filled ones
+                h = model(tokens[:, s:e], torch.arange(base + s, base + e, device=device), pad=pad, end=base + e,
+                          hidden=True)  # (B, t, C)
+                sel = [k for k, (_, col, _) in enumerate(picks) if s <= col < e]
                 for k0 in range(0, len(sel), 512):  # bounded logits memory: 512 x V floats at a time
                     ks = sel[k0:k0 + 512]
                     rows_ = torch.tensor([picks[k][0] for k in ks], device=device)
-                    cols = torch.tensor([picks[k][2] - P - s for k in ks], device=device)
-                    want = torch.tensor([picks[k][3] for k in ks], device=device)
+                    cols = torch.tensor([picks[k][1] - s for k in ks], device=device)
+                    want = torch.tensor([picks[k][2] for k in ks], device=device)
                     lg = model.logits(h[rows_, cols].unsqueeze(0))[0].float()  # (k, V)
                     lsm = torch.log_softmax(lg, -1)
                     logp[ks] = lsm.gather(1, want[:, None])[:, 0].cpu()
