@@ -28,7 +28,7 @@ RUNS = {  # name -> opengemma arguments
     "humaneval": ["eval", "--tasks", "humaneval"],
     "siqa_tqa": ["eval", "--tasks", "social_iqa,truthful_qa"],
     "bbq": ["eval", "--tasks", "bbq", "--limit", "2000"],
-    "bbh": ["eval", "--tasks", "bbh", "--limit", "50"],
+    "bbh": ["eval", "--tasks", "bbh"],  # 250 items per task (fewer where a task has fewer)
     "memorization": ["eval-memorization", "--unit", "window", "-n", "2000", "--quantize", "int8"],
 }
 
