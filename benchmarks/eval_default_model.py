@@ -27,7 +27,7 @@ RUNS = {  # name -> opengemma arguments
     "mmlu0": ["eval", "--tasks", "mmlu", "--shots", "0"],
     "humaneval": ["eval", "--tasks", "humaneval"],
     "siqa_tqa": ["eval", "--tasks", "social_iqa,truthful_qa"],
-    "bbq": ["eval", "--tasks", "bbq", "--limit", "2000"],
+    "bbq": ["eval", "--tasks", "bbq"],
     "bbh": ["eval", "--tasks", "bbh"],  # 250 items per task (fewer where a task has fewer)
     "memorization": ["eval-memorization", "--unit", "window", "-n", "2000", "--quantize", "int8"],
 }
