@@ -66,7 +66,7 @@ class Scorer:
         self.bos = self.model.config.bos_id
 
     # -- text level ----------------------------------------------------------------------------------
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, context: str, continuation: str, cache: dict | None = None) -> tuple[list[int], list[int]]:
         """Token ids of <bos> + context and of the continuation. The pair is encoded as one text and split
         where the context's own encoding ends, so merges across the boundary are the model's usual ones.
         Trailing spaces of the context move to the continuation ("A: " + "Paris" scores "▁Paris", the
@@ -75,7 +75,11 @@ class Scorer:
         n = len(context) - len(context.rstrip(" "))
         if n:
             context, continuation = context[:-n], context[-n:] + continuation
-        ctx = tok.encode(context, bos=True)
+        ctx = cache.get(context) if cache is not None else None
+        if ctx is None:
+            ctx = tok.encode(context, bos=True)
+            if cache is not None:
+                cache[context] = ctx
         whole = tok.encode(context + continuation, bos=True)
         if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
             return ctx, whole[len(ctx):]
@@ -84,7 +88,8 @@ class Scorer:
     def loglikelihood(self, requests: Sequence[tuple[str, str]], desc: str = "scoring") -> list[tuple[float, bool, int]]:
         """(context, continuation) -> (sum of log p(continuation tokens), whether greedy decoding would produce
         exactly them, number of continuation tokens)."""
-        pairs = [self.encode_pair(c, x) for c, x in requests]
+        encoded: dict[str, list[int]] = {}  # each distinct context is encoded once (MMLU: four letters each)
+        pairs = [self.encode_pair(c, x, encoded) for c, x in requests]
         return self.loglikelihood_tokens(pairs, desc=desc)
 
     def loglikelihood_rolling(self, texts: Sequence[str], stride: int | None = None,
@@ -163,11 +168,12 @@ class Scorer:
                              key=lambda r: (_context_len(r), r[0])))
         batches = []
         for g in groups:
-            cur = []
+            cur, longest = [], 0
             for row in g:
-                if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * len(row[0]) > self.token_budget):
+                longest = max(longest, len(row[0]))
+                if cur and (len(cur) >= self.batch_size or (len(cur) + 1) * longest > self.token_budget):
                     batches.append(cur)
-                    cur = []
+                    cur, longest = [], len(row[0])
                 cur.append(row)
             if cur:
                 batches.append(cur)
@@ -196,9 +202,9 @@ class Scorer:
         G, Lc = len(owners), max(ctx)
         S = max(len(s) - c for s, c in zip(seqs, ctx))
         fork = G < B and G * Lc + B * S < 0.8 * (P + B * (longest - P))
-        start = [c for c in ctx] if fork else [P] * B  # where each row's own part begins
+        start = list(ctx) if fork else [P] * B  # where each row's own part begins
         base = Lc if fork else P  # position of the first token of the rows' own parts
-        T = (S if fork else longest - P)
+        T = S if fork else longest - P
         cache_len = min(-(-(base + T) // 256) * 256, model.config.max_seq_len)
         pad = None
         try:
