@@ -279,17 +279,7 @@ class CrowSPairs(FileTask, MultipleChoiceTask):
         return out
 
 
-# -- registry ----------------------------------------------------------------------------------------------
-@register("realtoxicityprompts", user_data=True, help=RTP_FMT + "; scorer: OPENGEMMA_TOXICITY_SCORER=module:callable")
-def realtoxicityprompts(path, **options):
-    return RealToxicityPrompts(path, **options)
-
-
-@register("winogender", user_data=True, help=WINOGENDER_FMT)
-def winogender(path, **options):
-    return Winogender(path, **options)
-
-
-@register("crows_pairs", user_data=True, help=CROWS_FMT)
-def crows_pairs(path, **options):
-    return CrowSPairs(path, **options)
+# -- registry: a task class is its own factory, Task(path, **options) -----------------------------------
+register("realtoxicityprompts", user_data=True, help=RTP_FMT + "; scorer: OPENGEMMA_TOXICITY_SCORER=module:callable")(RealToxicityPrompts)
+register("winogender", user_data=True, help=WINOGENDER_FMT)(Winogender)
+register("crows_pairs", user_data=True, help=CROWS_FMT)(CrowSPairs)

@@ -390,27 +390,9 @@ class MBPP(FileTask, CodeTask):
         return (setup + "\n" if setup else "") + completion + "\n\n" + item.test + "\n"
 
 
-# -- registry ----------------------------------------------------------------------------------------------
-@register("gsm8k", user_data=True, help=GSM8K_FMT + "; a directory with train.jsonl gives the shots")
-def gsm8k(path, **options):
-    return GSM8K(path, **options)
-
-
-@register("math", user_data=True, help=MATH_FMT)
-def math(path, **options):
-    return MATH(path, **options)
-
-
-@register("triviaqa", user_data=True, help=TRIVIAQA_FMT)
-def triviaqa(path, **options):
-    return TriviaQA(path, **options)
-
-
-@register("nq_open", user_data=True, help=NQ_FMT)
-def nq_open(path, **options):
-    return NaturalQuestions(path, **options)
-
-
-@register("mbpp", user_data=True, help=MBPP_FMT)
-def mbpp(path, **options):
-    return MBPP(path, **options)
+# -- registry: a task class is its own factory, Task(path, **options) -----------------------------------
+register("gsm8k", user_data=True, help=GSM8K_FMT + "; a directory with train.jsonl gives the shots")(GSM8K)
+register("math", user_data=True, help=MATH_FMT)(MATH)
+register("triviaqa", user_data=True, help=TRIVIAQA_FMT)(TriviaQA)
+register("nq_open", user_data=True, help=NQ_FMT)(NaturalQuestions)
+register("mbpp", user_data=True, help=MBPP_FMT)(MBPP)

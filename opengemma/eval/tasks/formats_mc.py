@@ -260,10 +260,8 @@ class WinoGrande(FileTask, MultipleChoiceTask):
     metrics = ("acc",)  # the continuation is shared: the normalizations equal acc
 
 
-# -- registry ----------------------------------------------------------------------------------------------
-@register("hellaswag", user_data=True, help=HELLASWAG_FMT)
-def hellaswag(path, **options):
-    return HellaSwag(path, **options)
+# -- registry: a task class is its own factory, Task(path, **options) -----------------------------------
+register("hellaswag", user_data=True, help=HELLASWAG_FMT)(HellaSwag)
 
 
 @register("arc_easy", user_data=True, help=ARC_FMT + "; or the ARC-V1 directory")
@@ -276,26 +274,8 @@ def arc_challenge(path, **options):
     return ARC(path, "Challenge", **options)
 
 
-@register("piqa", user_data=True, help=PIQA_FMT)
-def piqa(path, **options):
-    return PIQA(path, **options)
-
-
-@register("boolq", user_data=True, help=BOOLQ_FMT)
-def boolq(path, **options):
-    return BoolQ(path, **options)
-
-
-@register("winogrande", user_data=True, help=WINOGRANDE_FMT)
-def winogrande(path, **options):
-    return WinoGrande(path, **options)
-
-
-@register("commonsense_qa", user_data=True, help=CSQA_FMT)
-def commonsense_qa(path, **options):
-    return CommonsenseQA(path, **options)
-
-
-@register("openbookqa", user_data=True, help=OBQA_FMT)
-def openbookqa(path, **options):
-    return OpenBookQA(path, **options)
+register("piqa", user_data=True, help=PIQA_FMT)(PIQA)
+register("boolq", user_data=True, help=BOOLQ_FMT)(BoolQ)
+register("winogrande", user_data=True, help=WINOGRANDE_FMT)(WinoGrande)
+register("commonsense_qa", user_data=True, help=CSQA_FMT)(CommonsenseQA)
+register("openbookqa", user_data=True, help=OBQA_FMT)(OpenBookQA)
