@@ -90,6 +90,8 @@ class Embedding(nn.Embedding):
 
 
 class Attention(nn.Module):
+    use_sdpa = True  # GPU multi-token steps through scaled_dot_product_attention where no soft-cap forbids it
+
     def __init__(self, cfg: GemmaConfig, layer_idx: int):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -125,6 +127,13 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(slots, k, v, rows)  # (B, K, S, D)
             if end is not None:
                 k, v = k[:, :, :end], v[:, :, :end]
+
+        if self.use_sdpa and T > 1 and self.softcap is None and x.device.type == "cuda":
+            # GPU prefill without soft-capping: a fused kernel never materializes the (T, S) scores and
+            # accumulates in float32 as the reference softmax does. (On 2 CPU cores it measured 20% slower
+            # than the grouped matmuls below, which stay the CPU path.)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=K != H)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 
         # Queries are grouped by their shared key/value head, (B, K, G*T, D), so that multi-query and
         # grouped attention are one matmul each, without repeating keys and values. Scores as the

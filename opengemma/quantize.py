@@ -148,7 +148,10 @@ class Int4Linear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.ones(out_features, G, dtype=dtype, device=device))
         self.register_buffer("zeros", torch.zeros(out_features, G, dtype=dtype, device=device))
-        self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the kernel's layout for the current device, built by prepare(); buffers (not plain attributes) so
+        # that a compiled graph and its CUDA graph treat them as fixed module state, not per-call inputs
+        self.register_buffer("kernel_weight", None, persistent=False)
+        self.register_buffer("kernel_sz", None, persistent=False)
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int, dtype: torch.dtype) -> "Int4Linear":
@@ -167,17 +170,18 @@ class Int4Linear(nn.Module):
             q = torch.cat([q, q.new_full((pad, q.shape[1]), 8)])
             scales = torch.cat([scales, scales.new_zeros(pad, scales.shape[1])])
             zeros = torch.cat([zeros, zeros.new_zeros(pad, zeros.shape[1])])
-        self._kernel = (_kernel_pack_int4(q, self.qweight.device), _scales_zeros(scales, zeros, scales.dtype))
+        self.kernel_weight = _kernel_pack_int4(q, self.qweight.device)
+        self.kernel_sz = _scales_zeros(scales, zeros, scales.dtype)
 
-    def _apply(self, fn, recurse=True):  # moving the module invalidates the kernel layout
-        self._kernel = None
+    def _apply(self, fn, recurse=True):  # the packed layout is per device: moving the module drops it
+        self.kernel_weight = self.kernel_sz = None
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel is None:
+        if self.kernel_weight is None:
             raise RuntimeError("Int4Linear.prepare() was not called after loading (prepare_quantized(model))")
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
-        y = _int4_mm(x2, self._kernel[0], self.group_size, self._kernel[1])[:, : self.out_features]
+        y = _int4_mm(x2, self.kernel_weight, self.group_size, self.kernel_sz)[:, : self.out_features]
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:

@@ -4,15 +4,18 @@ import torch
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+    parser.addoption("--run-cuda", action="store_true", default=False,
+                     help="run the GPU tier (tests marked cuda); fails, not skips, without a GPU")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow"):
-        return
-    skip = pytest.mark.skip(reason="slow tier: pass --run-slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    tiers = {"slow": "slow tier: pass --run-slow", "cuda": "GPU tier: pass --run-cuda on a machine with a GPU"}
+    for tier, reason in tiers.items():
+        if config.getoption(f"--run-{tier}"):
+            continue
+        for item in items:
+            if tier in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)
