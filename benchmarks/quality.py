@@ -1,10 +1,15 @@
 """Quality of each inference mode of the default model: perplexity on held-out text vs the float32 model.
 
-    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,int4,int4-emb4] [--group-size 32]
+    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,int4,int4-rtn,int4-emb4] [--group-size 32]
+                                 [--text stdlib|licenses|PATH]
 
-Held-out text: the documentation strings of a fixed list of Python standard-library modules (ordinary
-technical English that every machine has; nothing here was tuned on it). Scored in windows of 512
-tokens, each starting with <bos>. Prints a table and writes benchmarks/results/quality.json.
+Modes: fp32, bf16, int8, int4 (GPTQ, int8 embedding), int4-rtn (round to nearest), and -emb4 for an int4
+embedding/output matrix too. Held-out text (--text): `stdlib`, the documentation strings of a fixed list of
+Python standard-library modules (ordinary technical English that every machine has; GPTQ calibrates on
+other modules' documentation, opengemma.calibration); `licenses`, the license texts of
+/usr/share/common-licenses (another genre, to check that GPTQ did not just fit the calibration genre); or a
+file. Scored in windows of 512 tokens, each starting with <bos>. Prints a table and writes
+benchmarks/results/quality[-<text>].json.
 """
 
 from __future__ import annotations
@@ -24,19 +29,30 @@ MODULES = ["argparse", "collections", "json", "logging", "pathlib", "subprocess"
 
 
 def mode_kwargs(mode: str) -> dict:
-    """fp32 | bf16 | int8 | int4 (int8 embedding) | int4-emb4 (int4 embedding/output matrix too)."""
+    """fp32 | bf16 | int8 | int4 (GPTQ, int8 embedding) | int4-rtn | ...-emb4 (int4 embedding/output matrix)."""
     if mode in ("fp32", "bf16"):
         return {"dtype": "float32" if mode == "fp32" else "bfloat16"}
-    quant, _, emb = mode.partition("-emb")
-    return {"quantize": quant, "embedding_quantize": {"4": "int4", "8": "int8", "": "default"}[emb]}
+    quant, *flags = mode.split("-")
+    emb = next((f for f in flags if f.startswith("emb")), "emb")
+    return {"quantize": quant, "embedding_quantize": {"emb4": "int4", "emb8": "int8", "emb": "default"}[emb],
+            "int4_method": "rtn" if "rtn" in flags else "gptq"}
 
 
-def heldout_text() -> str:
+def heldout_text(which: str = "stdlib") -> str:
+    """The documentation of the objects each module defines itself (not what it imports or re-exports)."""
+    if which == "licenses":
+        root = Path("/usr/share/common-licenses")
+        return "\n\n".join(p.read_text(errors="replace") for p in sorted(root.iterdir())
+                            if p.is_file() and not p.is_symlink())
+    if which != "stdlib":
+        return Path(which).read_text()
     parts = []
     for name in MODULES:
         mod = importlib.import_module(name)
         for obj in [mod, *[getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]]:
-            doc = inspect.getdoc(obj)
+            if obj is not mod and getattr(obj, "__module__", None) != mod.__name__:
+                continue  # re-exported or imported (builtins, other modules): theirs, not this module's
+            doc = inspect.cleandoc(obj.__doc__) if isinstance(obj.__doc__, str) else None  # its own, not inherited
             if doc and len(doc) > 200 and doc not in parts:
                 parts.append(doc)
     return "\n\n".join(parts)
@@ -64,12 +80,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--modes", default="fp32,bf16,int8,int4,int4-emb4")
     ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--text", default="stdlib", help="stdlib | licenses | a text file")
     args = ap.parse_args()
     rows = {}
     ref_argmax = None
     for mode in args.modes.split(","):
         llm = opengemma.load("gemma-3-270m", group_size=args.group_size, progress=False, **mode_kwargs(mode))
-        ids = llm.tokenizer.encode(heldout_text(), bos=False)[: args.tokens]
+        ids = llm.tokenizer.encode(heldout_text(args.text), bos=False)[: args.tokens]
         nll, n, argmaxes = score(llm.model, ids, 512, llm.tokenizer.bos_id)
         am = torch.cat(argmaxes)
         if ref_argmax is None:
@@ -83,9 +100,10 @@ def main() -> None:
         r["ratio"] = r["perplexity"] / base
         print(f"{mode:8s} {r['perplexity']:11.3f} {100 * (r['ratio'] - 1):+9.2f}% {r['argmax_agreement_vs_first']:13.4f}"
               f"  {r['tokens']}")
-    out = Path(__file__).parent / "results" / "quality.json"
+    suffix = "" if args.text == "stdlib" else "-" + Path(args.text).stem
+    out = Path(__file__).parent / "results" / f"quality{suffix}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"group_size": args.group_size, "results": rows}, indent=2))
+    out.write_text(json.dumps({"group_size": args.group_size, "text": args.text, "results": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -152,18 +152,23 @@ class LLM:
 # -- loading -----------------------------------------------------------------------------------------
 def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, progress: bool = True, quantize: str | None = None,
-         group_size: int = 32, embedding_quantize: str | None = "default", compile: bool | None = None) -> LLM:
+         group_size: int = 32, embedding_quantize: str | None = "default", compile: bool | None = None,
+         int4_method: str = "gptq") -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
     quantize: None, "int8" (per channel) or "int4" (groups of `group_size`): weight-only; the tied
     embedding/output matrix is quantized as `embedding_quantize` says ("int8", "int4", None = float;
     "default" = int8, the quality choice). Activations in `dtype` (default bfloat16 when quantizing). The quantized
-    weights are cached, so only the first quantized load pays for quantizing. compile: use the
+    weights are cached, so only the first quantized load pays for quantizing. int4_method: "gptq" (rounding
+    errors corrected against the model's own activations on built-in calibration text, opengemma.calibration;
+    about 30 s the first time) or "rtn" (round to nearest). compile: use the
     torch.compile'd decode step (None: on for CUDA, off for CPU where compiling costs ~40 s per shape).
     """
     dev = resolve_device(device)
     if quantize is not None and quantize not in QUANT_MODES:
         raise ValueError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANT_MODES)}")
+    if int4_method not in ("gptq", "rtn"):
+        raise ValueError(f"unknown int4 method {int4_method!r}; choose from gptq, rtn")
     dt = resolve_dtype(dtype if dtype is not None or quantize is None else "bfloat16", dev)
     src = str(source)
     path = Path(src).expanduser()
@@ -189,7 +194,7 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
                                  "not a Hugging Face layout directory and not a .gguf file")
     model = None
     if quantize is not None:
-        model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev)
+        model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev, int4_method)
     if model is None:
         float_dir = _dtype_variant(float_dir, dt)
     llm = _load_dir(float_dir, dt, dev, name=name, model=model)
@@ -223,19 +228,29 @@ def _dtype_variant(float_dir: Path, dtype: torch.dtype) -> Path:
 
 
 def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,
-                           dtype: torch.dtype, device) -> Gemma:
+                           dtype: torch.dtype, device, int4_method: str = "gptq") -> Gemma:
     from .quantize import default_embedding_mode, quantize_model
     from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
 
     embedding = default_embedding_mode(mode) if embedding == "default" else embedding
     st = (float_dir / "config.json").stat()
     key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    tag = f"{mode}-g{group_size}" if mode == "int4" else mode
+    gptq = mode == "int4" and int4_method == "gptq"
+    if gptq and not (float_dir / "tokenizer.model").exists():
+        warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
+                      "int4 falls back to round-to-nearest")
+        gptq = False
+    tag = (f"{mode}-g{group_size}" + ("-gptq" if gptq else "")) if mode == "int4" else mode
     tag += f"-emb{embedding or 'float'}"
     qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
     if not is_quantized_dir(qdir):
         model = load_hf_dir(float_dir, dtype=torch.float32, device="cpu")
-        quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding)
+        calibration = None
+        if gptq:
+            from .calibration import calibration_batches
+
+            calibration = calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))
+        quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration)
         save_quantized(model, qdir)
         del model
     return load_quantized(qdir, device)

@@ -59,6 +59,56 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     return q.reshape(N, K), scales, zeros
 
 
+def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp: float = 0.01, block: int = 128,
+              act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ (Frantar et al., 2023) into quantize_int4's format: columns are rounded one at a time and each
+    one's rounding error is spread over the columns not yet rounded, weighted by the inverse of the layer's
+    input second moment H = E[x x^T] (K, K), so the layer's *output* error on real inputs shrinks, not just
+    the weight error. act_order: round the columns with the largest inputs first (their errors can still be
+    compensated by the rest), with each group's scale and zero fixed up front from the original weights
+    ("static groups", so the kernel's contiguous groups stay valid); without it, a group's grid is chosen
+    from the error-corrected weights when its first column is reached. Same returns as quantize_int4."""
+    N, K = w.shape
+    if K % group_size:
+        raise ValueError(f"in_features {K} is not a multiple of the int4 group size {group_size}")
+    W = w.detach().float().clone()
+    H = hessian.detach().float().clone()
+    dead = H.diagonal() == 0  # inputs never seen: their weights cannot matter
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H.diagonal().add_(damp * H.diagonal().mean())
+    G = K // group_size
+    q = torch.empty(N, K, dtype=torch.uint8)
+    if act_order:
+        _, scales, zeros = quantize_int4(W, group_size)
+        perm = torch.argsort(H.diagonal(), descending=True)
+    else:
+        scales, zeros = torch.empty(N, G), torch.empty(N, G)
+        perm = torch.arange(K)
+        block = group_size * max(1, block // group_size)  # whole groups per block
+    W, H = W[:, perm], H[perm][:, perm]
+    group_of = perm // group_size  # the (original) group of each column in rounding order
+    # upper Cholesky factor of H^-1: row i holds how column i's error propagates to the later columns
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for b0 in range(0, K, block):
+        b1 = min(b0 + block, K)
+        Wb, Err = W[:, b0:b1].clone(), torch.empty(N, b1 - b0)
+        for j in range(b1 - b0):
+            i = b0 + j
+            g = int(group_of[i])
+            if not act_order and i % group_size == 0:  # the group's grid, from the weights as corrected so far
+                _, s, z = quantize_int4(Wb[:, j:j + group_size], group_size)
+                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+            s, z = scales[:, g], zeros[:, g]
+            qi = torch.round((Wb[:, j] - z) / s + 8.0).clamp(0, 15)
+            q[:, perm[i]] = qi.to(torch.uint8)
+            err = (Wb[:, j] - ((qi - 8.0) * s + z)) / Hinv[i, i]
+            Wb[:, j + 1:] -= err[:, None] * Hinv[i, i + 1:b1][None, :]
+            Err[:, j] = err
+        W[:, b1:] -= Err @ Hinv[b0:b1, b1:]
+    return q, scales, zeros
+
+
 def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
     N, K = q.shape
     G = scales.shape[1]
@@ -154,9 +204,14 @@ class Int4Linear(nn.Module):
         self.register_buffer("kernel_sz", None, persistent=False)
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, group_size: int, dtype: torch.dtype) -> "Int4Linear":
+    def from_float(cls, w: torch.Tensor, group_size: int, dtype: torch.dtype,
+                   hessian: torch.Tensor | None = None) -> "Int4Linear":
+        """Round to nearest (per-group clipping search), or GPTQ when the inputs' second moment is given."""
         m = cls(w.shape[1], w.shape[0], group_size, dtype, device=w.device)
-        q, s, z = quantize_int4(w, group_size)
+        if hessian is None:
+            q, s, z = quantize_int4(w, group_size)
+        else:
+            q, s, z = (t.to(w.device) for t in gptq_int4(w.cpu(), hessian.cpu(), group_size))
         m.qweight.copy_(pack_int4(q))
         m.scales.copy_(s.to(dtype))
         m.zeros.copy_(z.to(dtype))
@@ -251,14 +306,46 @@ def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype,
     return emb
 
 
-def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device):
+def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None):
     n, k = shape
     if w is None:
         return Int8Linear(k, n, dtype, device) if mode == "int8" else Int4Linear(k, n, group_size, dtype, device)
-    return Int8Linear.from_float(w, dtype) if mode == "int8" else Int4Linear.from_float(w, group_size, dtype)
+    return Int8Linear.from_float(w, dtype) if mode == "int8" else Int4Linear.from_float(w, group_size, dtype, hessian)
 
 
-def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None, meta: bool) -> Gemma:
+@torch.no_grad()
+def input_moments(model: Gemma, batches) -> dict[str, torch.Tensor]:
+    """H = E[x x^T] (K, K) of the input of every nn.Linear, over all tokens of `batches` ((1, T) id tensors
+    run through the float model): what GPTQ weighs rounding errors by."""
+    totals: dict[str, list] = {}
+    last: list = [None, None]  # the last input seen and its x^T x: q/k/v (and gate/up) share one input
+    hooks = []
+
+    def hook(name, mod, inp, out):
+        x = inp[0]
+        if last[0] is not x:
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            last[:] = [x, (x2.T @ x2, x2.shape[0])]
+        h, n = last[1]
+        t = totals.setdefault(name, [torch.zeros_like(h), 0])
+        t[0] += h
+        t[1] += n
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out)))
+    try:
+        for ids in batches:
+            model(ids, hidden=True)  # no logits: the output layer is not GPTQ'd, and they cost more than the rest
+    finally:
+        for h in hooks:
+            h.remove()
+        last.clear()
+    return {name: h / n for name, (h, n) in totals.items()}
+
+
+def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None, meta: bool,
+          moments: dict[str, torch.Tensor] | None = None) -> Gemma:
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}")
     embedding = default_embedding_mode(mode) if embedding == "default" else embedding
@@ -266,12 +353,14 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
         raise ValueError(f"unknown embedding quantization {embedding!r}; choose from int8, int4 or None")
     device = "meta" if meta else None
     with torch.no_grad():
-        for module in list(model.modules()):
+        for prefix, module in list(model.named_modules()):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     w = None if meta else child.weight.detach()
                     shape = (child.out_features, child.in_features)
-                    setattr(module, child_name, _linear(w, shape, mode, group_size, dtype, device or child.weight.device))
+                    h = (moments or {}).get(f"{prefix}.{child_name}".lstrip("."))
+                    setattr(module, child_name,
+                            _linear(w, shape, mode, group_size, dtype, device or child.weight.device, h))
         if embedding and isinstance(model.embed, Embedding):
             w = None if meta else model.embed.weight.detach()
             model.embed = _embedding(w, tuple(model.embed.weight.shape), embedding, group_size, dtype,
@@ -300,11 +389,14 @@ def fuse_projections(model: Gemma) -> Gemma:
 
 
 def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.dtype = torch.bfloat16,
-                   embedding: str | None = "default") -> Gemma:
+                   embedding: str | None = "default", calibration=None) -> Gemma:
     """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", None for
     float, "default" = int8) for its quantized version, in place. Norms stay in float; activations run in
-    `dtype`."""
-    _swap(model, mode, group_size, dtype, embedding, meta=False)
+    `dtype`. calibration: (1, T) token tensors; with int4, the block layers are then quantized by GPTQ
+    against the float model's activations on them (the embedding/output matrix keeps plain rounding)."""
+    moments = input_moments(model, calibration) if calibration is not None and mode == "int4" else None
+    _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments)
+    model.quantization["method"] = "gptq" if moments else "rtn"
     fuse_projections(model)
     prepare_quantized(model)
     return model

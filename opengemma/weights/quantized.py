@@ -52,6 +52,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
     model.load_state_dict(state, strict=True, assign=True)
+    model.quantization["method"] = info.get("method", "rtn")
     model.init_rope()
     model = model.to(device).eval()
     prepare_quantized(model)
