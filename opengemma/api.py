@@ -194,7 +194,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
                                  "not a Hugging Face layout directory and not a .gguf file")
     model = None
     if quantize is not None:
-        model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev, int4_method)
+        model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev, int4_method,
+                                       progress)
     if model is None:
         float_dir = _dtype_variant(float_dir, dt)
     llm = _load_dir(float_dir, dt, dev, name=name, model=model)
@@ -228,7 +229,7 @@ def _dtype_variant(float_dir: Path, dtype: torch.dtype) -> Path:
 
 
 def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,
-                           dtype: torch.dtype, device, int4_method: str = "gptq") -> Gemma:
+                           dtype: torch.dtype, device, int4_method: str = "gptq", progress: bool = False) -> Gemma:
     from .quantize import default_embedding_mode, quantize_model
     from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
 
@@ -240,7 +241,9 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
                       "int4 falls back to round-to-nearest")
         gptq = False
-    tag = (f"{mode}-g{group_size}" + ("-gptq" if gptq else "")) if mode == "int4" else mode
+    if gptq:
+        from .calibration import CALIBRATION_ID
+    tag = (f"{mode}-g{group_size}" + (f"-gptq-{CALIBRATION_ID}" if gptq else "")) if mode == "int4" else mode
     tag += f"-emb{embedding or 'float'}"
     qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
     if not is_quantized_dir(qdir):
@@ -250,7 +253,8 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
             from .calibration import calibration_batches
 
             calibration = calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))
-        quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration)
+        quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration,
+                       progress=progress)
         save_quantized(model, qdir)
         del model
     return load_quantized(qdir, device)

@@ -18,6 +18,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", "-q", choices=["int8", "int4"], default=None,
                    help="weight-only quantization, embedding included (activations in bfloat16)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
+    p.add_argument("--int4-method", choices=["gptq", "rtn"], default="gptq",
+                   help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time; default) or "
+                        "rtn (round to nearest)")
     p.add_argument("--embedding-quantize", choices=["int8", "int4", "none"], default=None,
                    help="quantization of the tied embedding/output matrix (default int8)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -120,7 +123,7 @@ def _load(args):
     from .api import load
 
     return load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
-                group_size=args.group_size, compile=args.compile,
+                group_size=args.group_size, compile=args.compile, int4_method=args.int4_method,
                 embedding_quantize={None: "default", "none": None}.get(args.embedding_quantize, args.embedding_quantize))
 
 

@@ -314,7 +314,7 @@ def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, de
 
 
 @torch.no_grad()
-def input_moments(model: Gemma, batches) -> dict[str, torch.Tensor]:
+def input_moments(model: Gemma, batches, progress: bool = False) -> dict[str, torch.Tensor]:
     """H = E[x x^T] (K, K) of the input of every nn.Linear, over all tokens of `batches` ((1, T) id tensors
     run through the float model): what GPTQ weighs rounding errors by."""
     totals: dict[str, list] = {}
@@ -335,7 +335,9 @@ def input_moments(model: Gemma, batches) -> dict[str, torch.Tensor]:
         if isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out)))
     try:
-        for ids in batches:
+        from tqdm import tqdm
+
+        for ids in tqdm(batches, desc="GPTQ calibration", disable=not progress, leave=False):
             model(ids, hidden=True)  # no logits: the output layer is not GPTQ'd, and they cost more than the rest
     finally:
         for h in hooks:
@@ -345,7 +347,7 @@ def input_moments(model: Gemma, batches) -> dict[str, torch.Tensor]:
 
 
 def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None, meta: bool,
-          moments: dict[str, torch.Tensor] | None = None) -> Gemma:
+          moments: dict[str, torch.Tensor] | None = None, progress: bool = False) -> Gemma:
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}")
     embedding = default_embedding_mode(mode) if embedding == "default" else embedding
@@ -353,7 +355,10 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
         raise ValueError(f"unknown embedding quantization {embedding!r}; choose from int8, int4 or None")
     device = "meta" if meta else None
     with torch.no_grad():
-        for prefix, module in list(model.named_modules()):
+        from tqdm import tqdm
+
+        modules = list(model.named_modules())
+        for prefix, module in tqdm(modules, desc="GPTQ", disable=not (progress and moments), leave=False):
             for child_name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     w = None if meta else child.weight.detach()
@@ -389,13 +394,13 @@ def fuse_projections(model: Gemma) -> Gemma:
 
 
 def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.dtype = torch.bfloat16,
-                   embedding: str | None = "default", calibration=None) -> Gemma:
+                   embedding: str | None = "default", calibration=None, progress: bool = False) -> Gemma:
     """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", None for
     float, "default" = int8) for its quantized version, in place. Norms stay in float; activations run in
     `dtype`. calibration: (1, T) token tensors; with int4, the block layers are then quantized by GPTQ
     against the float model's activations on them (the embedding/output matrix keeps plain rounding)."""
-    moments = input_moments(model, calibration) if calibration is not None and mode == "int4" else None
-    _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments)
+    moments = input_moments(model, calibration, progress) if calibration is not None and mode == "int4" else None
+    _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress)
     model.quantization["method"] = "gptq" if moments else "rtn"
     fuse_projections(model)
     prepare_quantized(model)

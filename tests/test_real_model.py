@@ -185,11 +185,13 @@ def test_gguf_direct_equals_cached_load(llm):
         assert torch.equal(direct(ids), llm.model(ids))
 
 
-@pytest.mark.parametrize("mode,max_increase", [("int8", 0.02), ("int4", 0.35)])
-def test_quantized_real_model_quality(llm, mode, max_increase):
+@pytest.mark.parametrize("mode,method,max_increase", [("int8", "gptq", 0.02), ("int4", "rtn", 0.35),
+                                                      ("int4", "gptq", 0.15)])
+def test_quantized_real_model_quality(llm, mode, method, max_increase):
     """Loss of the quantized default model on ordinary text stays near the float model's."""
     ids = torch.tensor([llm.tokenizer.encode(LONG_TEXT)])
-    q = opengemma.load("gemma-3-270m", quantize=mode)
+    q = opengemma.load("gemma-3-270m", quantize=mode, int4_method=method)
+    assert q.model.quantization.get("method") == ("gptq" if mode == "int4" and method == "gptq" else "rtn")
     with torch.no_grad():
         ref = F.cross_entropy(llm.model(ids)[0, :-1], ids[0, 1:]).item()
         got = F.cross_entropy(q.model(ids)[0, :-1].float(), ids[0, 1:]).item()
