@@ -298,11 +298,12 @@ def default_embedding_mode(mode: str) -> str:
     return "int8"
 
 
-def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device):
+def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None):
     v, d = shape
     emb = Int8Embedding(v, d, dtype, device) if mode == "int8" else Int4Embedding(v, d, group_size, dtype, device)
-    if w is not None:
-        emb.table = Int8Linear.from_float(w, dtype) if mode == "int8" else Int4Linear.from_float(w, group_size, dtype)
+    if w is not None:  # GPTQ (int4) weighs the table as the output layer: its errors in logits
+        emb.table = (Int8Linear.from_float(w, dtype) if mode == "int8"
+                     else Int4Linear.from_float(w, group_size, dtype, hessian))
     return emb
 
 
@@ -315,8 +316,9 @@ def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, de
 
 @torch.no_grad()
 def input_moments(model: Gemma, batches, progress: bool = False) -> dict[str, torch.Tensor]:
-    """H = E[x x^T] (K, K) of the input of every nn.Linear, over all tokens of `batches` ((1, T) id tensors
-    run through the float model): what GPTQ weighs rounding errors by."""
+    """H = E[x x^T] (K, K) of the input of every nn.Linear, and of the output layer under its own name
+    ("embed" when tied), over all tokens of `batches` ((1, T) id tensors run through the float model): what
+    GPTQ weighs rounding errors by."""
     totals: dict[str, list] = {}
     last: list = [None, None]  # the last input seen and its x^T x: q/k/v (and gate/up) share one input
     hooks = []
@@ -332,8 +334,11 @@ def input_moments(model: Gemma, batches, progress: bool = False) -> dict[str, to
         t[1] += n
 
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and m is not model.lm_head:
             hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out)))
+    # the output layer reads the final norm's output (the forward below stops there)
+    out_name = "embed" if model.lm_head is None else "lm_head"
+    hooks.append(model.norm.register_forward_hook(lambda mod, inp, out: hook(out_name, mod, (out,), None)))
     try:
         from tqdm import tqdm
 
@@ -369,7 +374,7 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
         if embedding and isinstance(model.embed, Embedding):
             w = None if meta else model.embed.weight.detach()
             model.embed = _embedding(w, tuple(model.embed.weight.shape), embedding, group_size, dtype,
-                                     device or model.embed.weight.device)
+                                     device or model.embed.weight.device, (moments or {}).get("embed"))
         if not meta:  # remaining float parameters (norms, a float embedding) follow the activation dtype
             for p in model.parameters():
                 p.data = p.data.to(dtype)
@@ -397,8 +402,8 @@ def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.d
                    embedding: str | None = "default", calibration=None, progress: bool = False) -> Gemma:
     """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", None for
     float, "default" = int8) for its quantized version, in place. Norms stay in float; activations run in
-    `dtype`. calibration: (1, T) token tensors; with int4, the block layers are then quantized by GPTQ
-    against the float model's activations on them (the embedding/output matrix keeps plain rounding)."""
+    `dtype`. calibration: (1, T) token tensors; with int4, every int4 matrix (the output matrix too, when
+    int4) is then quantized by GPTQ against the float model's activations on them."""
     moments = input_moments(model, calibration, progress) if calibration is not None and mode == "int4" else None
     _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress)
     model.quantization["method"] = "gptq" if moments else "rtn"

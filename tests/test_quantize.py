@@ -209,7 +209,8 @@ def test_input_moments_are_each_linear_inputs_second_moment():
     for h in hooks:
         h.remove()
     moments = input_moments(model, batches)
-    assert set(moments) == set(seen) and len(moments) == 7 * model.config.n_layers
+    seen["embed"] = [model(b, hidden=True)[0] for b in batches]  # the tied output layer reads the final norm
+    assert set(moments) == set(seen) and len(moments) == 7 * model.config.n_layers + 1
     for name, xs in seen.items():
         x = torch.cat(xs)
         assert torch.allclose(moments[name], x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6), name
@@ -255,3 +256,19 @@ def test_calibration_text_shares_nothing_with_the_quality_benchmark_text():
     paragraphs = lambda text: {p for p in text.split("\n\n") if len(p) > 80}  # not "Usage:" and the like
     held, cal = paragraphs(quality.heldout_text()), paragraphs(calibration_text())
     assert len(held) > 200 and len(cal) > 500 and not held & cal
+
+
+def test_gptq_rounds_the_tied_output_matrix_for_its_logits():
+    import copy
+
+    float_model = tiny_model("tiny-gemma3", std=0.3)
+    gen = torch.Generator().manual_seed(6)
+    calibration = [torch.randint(0, 512, (1, 64), generator=gen) for _ in range(8)]
+    with torch.no_grad():
+        gptq = quantize_model(copy.deepcopy(float_model), "int4", group_size=32, embedding="int4", calibration=calibration)
+        rtn = quantize_model(copy.deepcopy(float_model), "int4", group_size=32, embedding="int4")
+        h = torch.cat([float_model(torch.randint(0, 512, (1, 64), generator=gen), hidden=True)[0] for _ in range(4)])
+        E = float_model.embed.weight
+        logit_err = {k: ((h @ (m.embed.table.dequantized() - E).T) ** 2).mean().item()
+                     for k, m in (("gptq", gptq), ("rtn", rtn))}
+    assert logit_err["gptq"] < 0.9 * logit_err["rtn"], logit_err
