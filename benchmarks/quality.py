@@ -15,8 +15,6 @@ benchmarks/results/quality[-<text>].json.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import math
 from pathlib import Path
@@ -46,16 +44,9 @@ def heldout_text(which: str = "stdlib") -> str:
                             if p.is_file() and not p.is_symlink())
     if which != "stdlib":
         return Path(which).read_text()
-    parts = []
-    for name in MODULES:
-        mod = importlib.import_module(name)
-        for obj in [mod, *[getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]]:
-            if obj is not mod and getattr(obj, "__module__", None) != mod.__name__:
-                continue  # re-exported or imported (builtins, other modules): theirs, not this module's
-            doc = inspect.cleandoc(obj.__doc__) if isinstance(obj.__doc__, str) else None  # its own, not inherited
-            if doc and len(doc) > 200 and doc not in parts:
-                parts.append(doc)
-    return "\n\n".join(parts)
+    from opengemma.calibration import stdlib_documentation
+
+    return stdlib_documentation(MODULES)
 
 
 @torch.inference_mode()

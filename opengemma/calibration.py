@@ -18,7 +18,8 @@ MODULES = ["os", "re", "typing", "functools", "itertools", "datetime", "random",
            "bisect", "queue", "sched", "selectors", "glob", "fnmatch"]
 
 
-def calibration_text(modules: list[str] = MODULES) -> str:
+def stdlib_documentation(modules: list[str]) -> str:
+    """The docstrings (over 200 characters) of these modules and of the objects each defines itself."""
     parts: list[str] = []
     for name in modules:
         try:
@@ -32,6 +33,10 @@ def calibration_text(modules: list[str] = MODULES) -> str:
             if doc and len(doc) > 200 and doc not in parts:
                 parts.append(doc)
     return "\n\n".join(parts)
+
+
+def calibration_text() -> str:
+    return stdlib_documentation(MODULES)
 
 
 def calibration_batches(tokenizer, tokens: int = 32768, window: int = 512) -> list[torch.Tensor]:
