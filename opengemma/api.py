@@ -23,7 +23,7 @@ from .model import Gemma
 from .streaming import TextStream
 from .tokenizer import Tokenizer
 from .weights import CheckpointError
-from .weights.hf import load_hf_dir, save_hf_dir
+from .weights.hf import load_hf_dir, read_config, save_hf_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
 QUANT_MODES = ("int8", "int4")
@@ -153,7 +153,7 @@ class LLM:
 def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, progress: bool = True, quantize: str | None = None,
          group_size: int = 32, embedding_quantize: str | None = "default", compile: bool | None = None,
-         int4_method: str = "gptq") -> LLM:
+         int4_method: str = "auto") -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
     quantize: None, "int8" (per channel) or "int4" (groups of `group_size`): weight-only; the tied
@@ -161,14 +161,16 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
     "default" = int8, the quality choice). Activations in `dtype` (default bfloat16 when quantizing). The quantized
     weights are cached, so only the first quantized load pays for quantizing. int4_method: "gptq" (rounding
     errors corrected against the model's own activations on built-in calibration text, opengemma.calibration;
-    about 30 s the first time) or "rtn" (round to nearest). compile: use the
+    about 100 s the first time for the 270M model on 2 CPU cores, run on the GPU when loading to one), "rtn"
+    (round to nearest), or "auto": GPTQ on a GPU or for models under 1B parameters, else round to nearest
+    (calibrating a 2B model on a few CPU cores would take most of an hour). compile: use the
     torch.compile'd decode step (None: on for CUDA, off for CPU where compiling costs ~40 s per shape).
     """
     dev = resolve_device(device)
     if quantize is not None and quantize not in QUANT_MODES:
         raise ValueError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANT_MODES)}")
-    if int4_method not in ("gptq", "rtn"):
-        raise ValueError(f"unknown int4 method {int4_method!r}; choose from gptq, rtn")
+    if int4_method not in ("auto", "gptq", "rtn"):
+        raise ValueError(f"unknown int4 method {int4_method!r}; choose from auto, gptq, rtn")
     dt = resolve_dtype(dtype if dtype is not None or quantize is None else "bfloat16", dev)
     src = str(source)
     path = Path(src).expanduser()
@@ -228,15 +230,27 @@ def _dtype_variant(float_dir: Path, dtype: torch.dtype) -> Path:
     return vdir
 
 
+AUTO_GPTQ_MAX_PARAMS = 1_000_000_000
+
+
+def resolve_int4_method(method: str, float_dir: Path, device: torch.device) -> str:
+    """"auto" -> "gptq" on a GPU or for models under 1B parameters (calibrating, a float32 forward over 32k
+    tokens, takes ~1.5 min for 270M parameters on 2 CPU cores and grows with size), else "rtn"."""
+    if method != "auto":
+        return method
+    small = read_config(float_dir).num_params() < AUTO_GPTQ_MAX_PARAMS
+    return "gptq" if torch.device(device).type == "cuda" or small else "rtn"
+
+
 def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,
-                           dtype: torch.dtype, device, int4_method: str = "gptq", progress: bool = False) -> Gemma:
+                           dtype: torch.dtype, device, int4_method: str = "auto", progress: bool = False) -> Gemma:
     from .quantize import default_embedding_mode, quantize_model
     from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
 
     embedding = default_embedding_mode(mode) if embedding == "default" else embedding
     st = (float_dir / "config.json").stat()
     key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    gptq = mode == "int4" and int4_method == "gptq"
+    gptq = mode == "int4" and resolve_int4_method(int4_method, float_dir, device) == "gptq"
     if gptq and not (float_dir / "tokenizer.model").exists():
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
                       "int4 falls back to round-to-nearest")
@@ -247,12 +261,13 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
     tag += f"-emb{embedding or 'float'}"
     qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
     if not is_quantized_dir(qdir):
-        model = load_hf_dir(float_dir, dtype=torch.float32, device="cpu")
+        # GPTQ's calibration forward and column sweeps run where the model will (a GPU makes them fast)
+        model = load_hf_dir(float_dir, dtype=torch.float32, device=device if gptq else "cpu")
         calibration = None
         if gptq:
             from .calibration import calibration_batches
 
-            calibration = calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))
+            calibration = [b.to(device) for b in calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))]
         quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration,
                        progress=progress)
         save_quantized(model, qdir)

@@ -18,9 +18,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", "-q", choices=["int8", "int4"], default=None,
                    help="weight-only quantization, embedding included (activations in bfloat16)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
-    p.add_argument("--int4-method", choices=["gptq", "rtn"], default="gptq",
-                   help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time; default) or "
-                        "rtn (round to nearest)")
+    p.add_argument("--int4-method", choices=["auto", "gptq", "rtn"], default="auto",
+                   help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time for the default "
+                        "model), rtn (round to nearest), auto (default: gptq on a GPU or under 1B parameters)")
     p.add_argument("--embedding-quantize", choices=["int8", "int4", "none"], default=None,
                    help="quantization of the tied embedding/output matrix (default int8)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

@@ -81,30 +81,31 @@ def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp: flo
     W[:, dead] = 0.0
     H.diagonal().add_(damp * H.diagonal().mean())
     G = K // group_size
-    q = torch.empty(N, K, dtype=torch.uint8)
+    q = torch.empty(N, K, dtype=torch.uint8, device=W.device)
     if act_order:
         _, scales, zeros = quantize_int4(W, group_size)
         perm = torch.argsort(H.diagonal(), descending=True)
     else:
-        scales, zeros = torch.empty(N, G), torch.empty(N, G)
-        perm = torch.arange(K)
+        scales, zeros = W.new_empty(N, G), W.new_empty(N, G)
+        perm = torch.arange(K, device=W.device)
         block = group_size * max(1, block // group_size)  # whole groups per block
     W, H = W[:, perm], H[perm][:, perm]
-    group_of = perm // group_size  # the (original) group of each column in rounding order
+    order = perm.tolist()  # host-side indices: no device sync per column
+    group_of = [c // group_size for c in order]  # the (original) group of each column in rounding order
     # upper Cholesky factor of H^-1: row i holds how column i's error propagates to the later columns
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     for b0 in range(0, K, block):
         b1 = min(b0 + block, K)
-        Wb, Err = W[:, b0:b1].clone(), torch.empty(N, b1 - b0)
+        Wb, Err = W[:, b0:b1].clone(), W.new_empty(N, b1 - b0)
         for j in range(b1 - b0):
             i = b0 + j
-            g = int(group_of[i])
+            g = group_of[i]
             if not act_order and i % group_size == 0:  # the group's grid, from the weights as corrected so far
                 _, s, z = quantize_int4(Wb[:, j:j + group_size], group_size)
                 scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
             s, z = scales[:, g], zeros[:, g]
             qi = torch.round((Wb[:, j] - z) / s + 8.0).clamp(0, 15)
-            q[:, perm[i]] = qi.to(torch.uint8)
+            q[:, order[i]] = qi.to(torch.uint8)
             err = (Wb[:, j] - ((qi - 8.0) * s + z)) / Hinv[i, i]
             Wb[:, j + 1:] -= err[:, None] * Hinv[i, i + 1:b1][None, :]
             Err[:, j] = err
@@ -214,7 +215,7 @@ class Int4Linear(nn.Module):
         if hessian is None:
             q, s, z = quantize_int4(w, group_size)
         else:
-            q, s, z = (t.to(w.device) for t in gptq_int4(w.cpu(), hessian.cpu(), group_size))
+            q, s, z = gptq_int4(w, hessian.to(w.device), group_size)
         m.qweight.copy_(pack_int4(q))
         m.scales.copy_(s.to(dtype))
         m.zeros.copy_(z.to(dtype))

@@ -272,3 +272,17 @@ def test_gptq_rounds_the_tied_output_matrix_for_its_logits():
         logit_err = {k: ((h @ (m.embed.table.dequantized() - E).T) ** 2).mean().item()
                      for k, m in (("gptq", gptq), ("rtn", rtn))}
     assert logit_err["gptq"] < 0.9 * logit_err["rtn"], logit_err
+
+
+def test_auto_int4_method_calibrates_small_models_and_any_model_on_a_gpu(tmp_path):
+    import json
+
+    from opengemma.api import resolve_int4_method
+
+    for name, cpu_choice in (("tiny-gemma3", "gptq"), ("gemma-3-270m", "gptq"), ("gemma-2b", "rtn"), ("gemma-7b", "rtn")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(GemmaConfig.from_name(name).to_hf_config()))
+        assert resolve_int4_method("auto", d, torch.device("cpu")) == cpu_choice, name
+        assert resolve_int4_method("auto", d, torch.device("cuda")) == "gptq"
+        assert resolve_int4_method("rtn", d, torch.device("cuda")) == "rtn"
