@@ -53,9 +53,9 @@ def test_cuda_forward_and_generation_equal_the_cpu(name):
     assert [o.tokens for o in generate(gpu, PROMPTS, max_new_tokens=20, compile=False)] == ref
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
-def test_cuda_graph_decode_equals_eager_and_never_skips_the_graph(name):
-    model = tiny(name).to(DEV)
+def test_cuda_graph_decode_equals_eager_and_never_skips_the_graph():
+    # (each compile costs 20-60 s on a lent GPU: the tier keeps their number down; soft-capping is in the next)
+    model = tiny("tiny-gemma3").to(DEV)
     skips = cudagraph_skips()
     for prompts in (PROMPTS, PROMPTS[:1]):  # batch 3 and batch 1 (one-row matmuls become reductions)
         eager = generate(model, prompts, max_new_tokens=24, compile=False)
@@ -67,7 +67,7 @@ def test_cuda_graph_decode_equals_eager_and_never_skips_the_graph(name):
     assert cudagraph_skips() == skips, "the decode step fell back from CUDA graphs"
 
 
-@pytest.mark.parametrize("greedy,max_k", [(True, None), (False, None), (False, 40)])
+@pytest.mark.parametrize("greedy,max_k", [(True, None), (False, 40)])
 def test_compiled_decode_step_never_synchronizes_with_the_host(greedy, max_k):
     model = tiny().to(DEV)
     B = 2
@@ -93,9 +93,8 @@ def test_compiled_decode_step_never_synchronizes_with_the_host(greedy, max_k):
     model.clear_cache()
 
 
-@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
-def test_cuda_ragged_batch_and_continuous_batching_equal_one_at_a_time(name):
-    model = tiny(name).to(DEV)
+def test_cuda_ragged_batch_and_continuous_batching_equal_one_at_a_time():
+    model = tiny("tiny-gemma2").to(DEV)  # soft-capping, alternating sliding-window layers
     batch = generate(model, PROMPTS, max_new_tokens=15, compile=True)
     alone = [generate(model, [p], max_new_tokens=15, compile=True)[0].tokens for p in PROMPTS]
     assert [o.tokens for o in batch] == alone
@@ -123,7 +122,7 @@ def test_cuda_ring_buffer_equals_full_attention_over_several_windows(name):
 
 
 @pytest.mark.parametrize("cls,args", [(Int8Linear, ()), (Int4Linear, (32,)), (Int4Linear, (128,))])
-@pytest.mark.parametrize("M", [1, 5, 40])
+@pytest.mark.parametrize("M", [1, 40])  # one-row decode (inductor's reduction) and a matmul
 def test_cuda_quantized_linear_matches_its_dequantized_weights(cls, args, M):
     torch.manual_seed(2)
     w, x = torch.randn(768, 512) * 0.05, torch.randn(M, 512).bfloat16()
