@@ -37,7 +37,7 @@ def mode_kwargs(mode: str) -> dict:
 
 
 def heldout_text(which: str = "stdlib") -> str:
-    """The documentation of the objects each module defines itself (not what it imports or re-exports)."""
+    """stdlib: the documentation of MODULES and of the objects each defines itself; licenses; or a file."""
     if which == "licenses":
         root = Path("/usr/share/common-licenses")
         return "\n\n".join(p.read_text(errors="replace") for p in sorted(root.iterdir())

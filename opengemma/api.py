@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .calibration import CALIBRATION_ID, calibration_batches
 from .config import PRESETS, REAL_MODELS, GemmaConfig
 from .engine.generate import GenerationOutput, generate
 from .model import Gemma
@@ -255,8 +256,6 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
                       "int4 falls back to round-to-nearest")
         gptq = False
-    if gptq:
-        from .calibration import CALIBRATION_ID
     tag = (f"{mode}-g{group_size}" + (f"-gptq-{CALIBRATION_ID}" if gptq else "")) if mode == "int4" else mode
     tag += f"-emb{embedding or 'float'}"
     qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
@@ -265,8 +264,6 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
         model = load_hf_dir(float_dir, dtype=torch.float32, device=device if gptq else "cpu")
         calibration = None
         if gptq:
-            from .calibration import calibration_batches
-
             calibration = [b.to(device) for b in calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))]
         quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration,
                        progress=progress)

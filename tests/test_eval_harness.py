@@ -31,14 +31,18 @@ class StubScorer:
         return [self.rolling[t] for t in texts]
 
 
-class Items(MultipleChoiceTask):
-    name = "toy_mc"
+class Listed:
+    """A task's items given as a list (the stub tasks below)."""
 
     def __init__(self, items):
         self._items = items
 
     def items(self):
         return self._items
+
+
+class Items(Listed, MultipleChoiceTask):
+    name = "toy_mc"
 
 
 def test_multiple_choice_normalizations_hand_worked():
@@ -63,15 +67,9 @@ def test_partial_scoring_contexts_per_choice():
                               (shot + "Ann lent Bea money because Bea", " was rich.")]
 
 
-class ToyGen(GenerateTask):
+class ToyGen(Listed, GenerateTask):
     name = "toy_gen"
     samples = 1
-
-    def __init__(self, items):
-        self._items = items
-
-    def items(self):
-        return self._items
 
     def prompt(self, item):
         return item.prompt
@@ -101,14 +99,8 @@ def test_pass_at_k_matches_the_closed_form():
         pass_at_k(3, 1, 5)
 
 
-class ToyCode(CodeTask):
+class ToyCode(Listed, CodeTask):
     name = "toy_code"
-
-    def __init__(self, items):
-        self._items = items
-
-    def items(self):
-        return self._items
 
 
 def test_code_task_runs_completions_in_the_sandbox():
@@ -129,14 +121,8 @@ def test_code_task_runs_completions_in_the_sandbox():
     assert records[3]["status"] == ["timeout"]
 
 
-class ToyText(PerplexityTask):
+class ToyText(Listed, PerplexityTask):
     name = "toy_ppl"
-
-    def __init__(self, items):
-        self._items = items
-
-    def items(self):
-        return self._items
 
 
 def test_perplexity_metrics():
