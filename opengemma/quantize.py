@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .model import Embedding, Gemma
 
 MODES = ("int8", "int4")
+FORMATS = ("int8", "int4", "float")  # what one matrix can be in a mixed ("gguf") model
 SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize-then-matmul
 
 
@@ -221,6 +222,18 @@ class Int4Linear(nn.Module):
         m.zeros.copy_(z.to(dtype))
         return m
 
+    @classmethod
+    def from_groups(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    dtype: torch.dtype) -> "Int4Linear":
+        """From values already on a 4-bit grid (a GGUF file's Q4 blocks): q (N, K) in 0..15, scales and
+        zeros (N, G). No rounding here; only the scales' cast to `dtype`."""
+        (N, K), G = q.shape, scales.shape[1]
+        m = cls(K, N, K // G, dtype, device=q.device)
+        m.qweight.copy_(pack_int4(q.to(torch.uint8)))
+        m.scales.copy_(scales.to(dtype))
+        m.zeros.copy_(zeros.to(dtype))
+        return m
+
     def prepare(self) -> None:
         """Build the kernel layout for the current device (after loading or moving the module)."""
         q, scales, zeros = unpack_int4(self.qweight), self.scales, self.zeros
@@ -302,20 +315,24 @@ def default_embedding_mode(mode: str) -> str:
     return "int8"
 
 
-def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None):
+def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None, exact=None):
     v, d = shape
     emb = Int8Embedding(v, d, dtype, device) if mode == "int8" else Int4Embedding(v, d, group_size, dtype, device)
     if w is not None:  # GPTQ (int4) weighs the table as the output layer: its errors in logits
-        emb.table = (Int8Linear.from_float(w, dtype) if mode == "int8"
-                     else Int4Linear.from_float(w, group_size, dtype, hessian))
+        emb.table = _linear(w, shape, mode, group_size, dtype, device, hessian, exact)
     return emb
 
 
-def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None):
+def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None, exact=None):
+    """exact: (q, scales, zeros) of int4 groups of `group_size` that the weights already are (GGUF Q4 blocks)."""
     n, k = shape
     if w is None:
         return Int8Linear(k, n, dtype, device) if mode == "int8" else Int4Linear(k, n, group_size, dtype, device)
-    return Int8Linear.from_float(w, dtype) if mode == "int8" else Int4Linear.from_float(w, group_size, dtype, hessian)
+    if mode == "int8":
+        return Int8Linear.from_float(w, dtype)
+    if exact is not None and exact[1].shape[1] * group_size == k:
+        return Int4Linear.from_groups(*(t.to(w.device) for t in exact), dtype)
+    return Int4Linear.from_float(w, group_size, dtype, hessian)
 
 
 @torch.no_grad()
@@ -356,70 +373,99 @@ def input_moments(model: Gemma, batches, progress: bool = False) -> dict[str, to
 
 
 def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None, meta: bool,
-          moments: dict[str, torch.Tensor] | None = None, progress: bool = False) -> Gemma:
-    if mode not in MODES:
-        raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}")
-    embedding = default_embedding_mode(mode) if embedding == "default" else embedding
+          moments: dict[str, torch.Tensor] | None = None, progress: bool = False,
+          formats: dict[str, str] | None = None, exact: dict | None = None) -> Gemma:
+    """formats: {module name: int8 | int4 | float} per matrix ("embed" for the embedding), mode "gguf" only.
+    exact: {module name: (q, scales, zeros)} for matrices already on an int4 grid of `group_size`."""
+    if mode not in (*MODES, "gguf"):
+        raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}, gguf")
+    if (mode == "gguf") != (formats is not None):
+        raise ValueError("mode 'gguf' (a format per matrix) needs formats, and only it")
+    if formats is not None and set(formats.values()) - set(FORMATS):
+        raise ValueError(f"unknown formats {set(formats.values()) - set(FORMATS)}; choose from {', '.join(FORMATS)}")
+    if embedding == "default":  # a mixed model's embedding is as its formats say
+        embedding = default_embedding_mode(mode) if formats is None else formats.get("embed", "float")
+    embedding = None if embedding == "float" else embedding
     if embedding not in (None, *MODES):
         raise ValueError(f"unknown embedding quantization {embedding!r}; choose from int8, int4 or None")
     device = "meta" if meta else None
+    exact = exact or {}
     with torch.no_grad():
         from tqdm import tqdm
 
         modules = list(model.named_modules())
         for prefix, module in tqdm(modules, desc="GPTQ", disable=not (progress and moments), leave=False):
             for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
+                name = f"{prefix}.{child_name}".lstrip(".")
+                if not isinstance(child, nn.Linear):
+                    continue
+                fmt = mode if formats is None else formats[name]
+                if fmt != "float":
                     w = None if meta else child.weight.detach()
                     shape = (child.out_features, child.in_features)
-                    h = (moments or {}).get(f"{prefix}.{child_name}".lstrip("."))
-                    setattr(module, child_name,
-                            _linear(w, shape, mode, group_size, dtype, device or child.weight.device, h))
+                    h = (moments or {}).get(name)
+                    setattr(module, child_name, _linear(w, shape, fmt, group_size, dtype,
+                                                        device or child.weight.device, h, exact.get(name)))
         if embedding and isinstance(model.embed, Embedding):
             w = None if meta else model.embed.weight.detach()
             model.embed = _embedding(w, tuple(model.embed.weight.shape), embedding, group_size, dtype,
-                                     device or model.embed.weight.device, (moments or {}).get("embed"))
+                                     device or model.embed.weight.device, (moments or {}).get("embed"),
+                                     exact.get("embed"))
         if not meta:  # remaining float parameters (norms, a float embedding) follow the activation dtype
             for p in model.parameters():
                 p.data = p.data.to(dtype)
     model.quantization = {"mode": mode, "group_size": group_size, "dtype": str(dtype).removeprefix("torch."),
                           "embedding": embedding}
+    if formats is not None:
+        model.quantization["formats"] = dict(formats)
+    if exact:
+        model.quantization["exact_int4"] = sorted(exact)  # matrices taken as they were, not rounded
     return model
 
 
 def fuse_projections(model: Gemma) -> Gemma:
     """Replace q/k/v by one qkv_proj and gate/up by one gate_up_proj (quantized modules only: stacking
     their rows is exact). Decode then makes 4 matmul calls per layer instead of 7."""
+    def same(parts):  # one quantized format (and int4 group size) for all: a mixed model may differ per matrix
+        kinds = {(type(p), getattr(p, "group_size", None)) for p in parts}
+        return len(kinds) == 1 and isinstance(parts[0], (Int8Linear, Int4Linear))
+
     for layer in model.layers:
         a, m = layer.attn, layer.mlp
-        if isinstance(a.q_proj, (Int8Linear, Int4Linear)):
-            cls = type(a.q_proj)
-            a.qkv_proj = cls.cat([a.q_proj, a.k_proj, a.v_proj])
+        if a.q_proj is not None and same([a.q_proj, a.k_proj, a.v_proj]):
+            a.qkv_proj = type(a.q_proj).cat([a.q_proj, a.k_proj, a.v_proj])
             a.q_proj = a.k_proj = a.v_proj = None
-            m.gate_up_proj = cls.cat([m.gate_proj, m.up_proj])
+        if m.gate_proj is not None and same([m.gate_proj, m.up_proj]):
+            m.gate_up_proj = type(m.gate_proj).cat([m.gate_proj, m.up_proj])
             m.gate_proj = m.up_proj = None
     model.quantization["fused"] = True
     return model
 
 
 def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.dtype = torch.bfloat16,
-                   embedding: str | None = "default", calibration=None, progress: bool = False) -> Gemma:
+                   embedding: str | None = "default", calibration=None, progress: bool = False,
+                   formats: dict[str, str] | None = None, exact: dict | None = None) -> Gemma:
     """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", None for
     float, "default" = int8) for its quantized version, in place. Norms stay in float; activations run in
     `dtype`. calibration: (1, T) token tensors; with int4, every int4 matrix (the output matrix too, when
-    int4) is then quantized by GPTQ against the float model's activations on them."""
-    moments = input_moments(model, calibration, progress) if calibration is not None and mode == "int4" else None
-    _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress)
-    model.quantization["method"] = "gptq" if moments else "rtn"
+    int4) is then quantized by GPTQ against the float model's activations on them.
+    mode "gguf": each matrix as formats[name] says (int8, int4 or float; "embed" for the embedding), what
+    a GGUF file's own types map to (weights.gguf.keep_formats). exact: {name: (q, scales, zeros)} int4
+    matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd."""
+    int4 = mode == "int4" or (formats is not None and "int4" in formats.values())
+    moments = input_moments(model, calibration, progress) if calibration is not None and int4 else None
+    _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress,
+          formats=formats, exact=exact)
+    model.quantization["method"] = "gptq" if moments else "kept" if mode == "gguf" else "rtn"
     fuse_projections(model)
     prepare_quantized(model)
     return model
 
 
 def empty_quantized(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None,
-                    fused: bool = False) -> Gemma:
+                    fused: bool = False, formats: dict[str, str] | None = None) -> Gemma:
     """The same swaps on a meta-device model, without data: the skeleton to load a quantized state into."""
-    _swap(model, mode, group_size, dtype, embedding, meta=True)
+    _swap(model, mode, group_size, dtype, embedding, meta=True, formats=formats)
     return fuse_projections(model) if fused else model
 
 

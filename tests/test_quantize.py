@@ -132,11 +132,21 @@ def test_quantized_model_matches_its_dequantized_reference_and_round_trips(tmp_p
     assert [generate(back, [p], max_new_tokens=10)[0].tokens for p in prompts] == [o.tokens for o in batch]
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
+def mixed_formats(model) -> dict[str, str]:
+    """int8, int4 and float matrices side by side, as a GGUF file's own types give (quantize="gguf")."""
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return {"embed": "int8", **{n: ("int8", "int4", "float")[i % 3] for i, n in enumerate(names)}}
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "gguf"])
 def test_quantized_decode_step_has_no_graph_breaks(mode):
     import torch._dynamo
 
-    model = quantize_model(tiny(), mode, group_size=32, embedding=mode)
+    model = tiny()
+    formats = mixed_formats(model) if mode == "gguf" else None
+    model = quantize_model(model, mode, group_size=32, embedding="default" if formats else mode, formats=formats)
+    if formats:
+        assert {type(m).__name__ for m in model.layers[0].modules()} >= {"Int8Linear", "Int4Linear", "Linear"}
     model.setup_cache(2, 32, prefill_chunk=4)
     torch._dynamo.reset()
     args = (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), torch.zeros(2),

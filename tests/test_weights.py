@@ -12,7 +12,8 @@ import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.model import Gemma
 from opengemma.weights import CheckpointError
-from opengemma.weights.gguf import load_gguf, open_gguf, save_gguf
+from opengemma.quantize import dequantize_int4
+from opengemma.weights.gguf import INT4_TYPES, int4_groups, load_gguf, open_gguf, save_gguf
 from opengemma.weights.hf import load_hf_dir, save_hf_dir
 from hf_utils import tiny_model
 
@@ -106,6 +107,107 @@ def test_load_gguf_path_uses_cache(tmp_path, monkeypatch):
     tok = tokens(model.config)
     with torch.no_grad():
         assert torch.equal(a.model(tok), b.model(tok))
+
+
+# -- keeping a file's own quantization --------------------------------------------------------------
+def _random_blocks(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    """n random but valid blocks of a 4-bit type: finite fp16 scale fields, arbitrary 6-bit scales and nibbles."""
+    rng = np.random.default_rng(seed)
+    size, n_f16 = {"Q4_0": (18, 1), "Q4_1": (20, 2), "Q4_K": (144, 2)}[kind]
+    blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
+    blocks[:, :2 * n_f16] = rng.uniform(-0.05, 0.05, (n, n_f16)).astype(np.float16).view(np.uint8)
+    return blocks
+
+
+@pytest.mark.parametrize("kind", INT4_TYPES)
+def test_int4_groups_are_the_files_own_values(kind):
+    """A 4-bit GGUF tensor read as int4 groups of 32 dequantizes to exactly what the gguf library reads."""
+    import gguf
+    from types import SimpleNamespace
+
+    N, K = 6, 512
+    qt = getattr(gguf.GGMLQuantizationType, kind)
+    blocks = _random_blocks(kind, N * K // (256 if kind == "Q4_K" else 32)).reshape(N, -1)
+    t = SimpleNamespace(name="w", tensor_type=qt, shape=(K, N), data=blocks)
+    q, scales, zeros = int4_groups(t)
+    assert q.shape == (N, K) and q.dtype == torch.uint8 and int(q.max()) <= 15 and scales.shape == (N, K // 32)
+    ref = torch.from_numpy(gguf.quants.dequantize(blocks, qt)).reshape(N, K)
+    torch.testing.assert_close(dequantize_int4(q, scales, zeros), ref, rtol=1e-6, atol=1e-9)
+
+
+def _expected_weight(ref: Gemma, name: str) -> torch.Tensor:
+    """A float model's weight of a (possibly fused) module name."""
+    parent, _, leaf = name.rpartition(".")
+    parts = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}.get(leaf)
+    if leaf == "table":
+        return ref.embed.weight
+    if parts:
+        return torch.cat([ref.get_submodule(f"{parent}.{p}").weight for p in parts])
+    return ref.get_submodule(name).weight
+
+
+def test_gguf_mode_keeps_the_files_quantization(tmp_path, monkeypatch):
+    """quantize="gguf": 4-bit blocks become int4 groups holding the file's exact values (no re-rounding),
+    5-8-bit types int8, float tensors stay float; fusion only joins matrices of one format; cached."""
+    from opengemma.quantize import Int4Linear, Int8Embedding, Int8Linear
+
+    monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
+    model = random_model("tiny-gemma3")
+    mixed = {"layers.0.attn.v_proj.weight": "Q4_1", "layers.0.mlp.down_proj.weight": "Q8_0",
+             "layers.1.attn.o_proj.weight": "F16", "layers.1.attn.k_proj.weight": "Q5_0", "embed.weight": "Q8_0"}
+    path = save_gguf(model, tmp_path / "m.gguf", qtype="Q4_0", qtypes=mixed)
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        ref = opengemma.load(path).model  # the file dequantized to float32
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        llm = opengemma.load(path, quantize="gguf", dtype="float32")  # float32 scales: exact
+    m = llm.model
+    assert m.quantization["mode"] == "gguf" and m.quantization["method"] == "kept"
+    l0, l1 = m.layers[0], m.layers[1]
+    assert isinstance(l0.attn.qkv_proj, Int4Linear)  # Q4_0, Q4_0, Q4_1: one format, fused
+    assert isinstance(l0.mlp.down_proj, Int8Linear) and isinstance(m.embed, Int8Embedding)
+    assert type(l1.attn.o_proj) is torch.nn.Linear and l1.attn.o_proj.weight.dtype == torch.float32
+    assert l1.attn.qkv_proj is None and isinstance(l1.attn.k_proj, Int8Linear)  # Q4_0 | Q5_0 | Q4_0: not fused
+    assert isinstance(l1.attn.q_proj, Int4Linear) and isinstance(l1.mlp.gate_up_proj, Int4Linear)
+    int4 = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, Int4Linear)]
+    # qkv, o, gate_up, down per layer, but layer 0's down is int8; layer 1: q, v, gate_up, down
+    assert len(int4) == 4 * m.config.n_layers - 1
+    for name, mod in int4:
+        assert torch.equal(mod.dequantized(), _expected_weight(ref, name)), name
+    tok = tokens(m.config)
+    with torch.no_grad():
+        out, want = m(tok), ref(tok)
+    # only the int8 matrices (the Q8_0 / Q5_0 ones) were rounded again, and the kernels' sums differ in order
+    assert (out - want).abs().max() <= 0.02 * want.abs().max()
+    import opengemma.quantize as q
+
+    monkeypatch.setattr(q, "quantize_model", lambda *a, **k: pytest.fail("quantized twice"))
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        again = opengemma.load(path, quantize="gguf", dtype="float32").model
+    assert again.quantization["formats"] == m.quantization["formats"]
+    with torch.no_grad():
+        assert torch.equal(again(tok), out)
+
+
+def test_int4_mode_takes_a_gguf_files_4bit_blocks_as_they_are(tmp_path, monkeypatch):
+    from opengemma.quantize import Int4Linear
+
+    monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
+    model = random_model("tiny-gemma3")
+    # Q4_0 (symmetric: its grid seldom spans a group's min..max) is what rounding again would not reproduce
+    path = save_gguf(model, tmp_path / "m.gguf", qtype="Q4_0", qtypes={"layers.0.mlp.up_proj.weight": "Q8_0"})
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        ref = opengemma.load(path).model
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        m = opengemma.load(path, quantize="int4", int4_method="rtn", dtype="float32").model
+    kept = set(m.quantization["exact_int4"])
+    assert "layers.0.mlp.up_proj" not in kept and "layers.1.mlp.up_proj" in kept
+    assert torch.equal(m.layers[1].mlp.gate_up_proj.dequantized(), _expected_weight(ref, "layers.1.mlp.gate_up_proj"))
+    # the Q8_0 matrix was rounded to the int4 grid: close, not equal
+    w, w0 = m.layers[0].mlp.gate_up_proj.dequantized(), _expected_weight(ref, "layers.0.mlp.gate_up_proj")
+    assert isinstance(m.layers[0].mlp.gate_up_proj, Int4Linear) and not torch.equal(w, w0)
+    with pytest.raises(ValueError, match="not made from a GGUF"):
+        save_hf_dir(model, tmp_path / "hf")
+        opengemma.load(tmp_path / "hf", quantize="gguf")
 
 
 # -- bad input -------------------------------------------------------------------------------------

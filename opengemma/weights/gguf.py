@@ -187,17 +187,102 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
     return model.to(device).eval(), reader
 
 
-# -- writing ---------------------------------------------------------------------------------------
-WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0")
+# -- keeping the file's own blocks -------------------------------------------------------------------
+INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # 4-bit values with one scale and offset per 32 weights
+FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
-def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32") -> Path:
-    """Write a GGUF file that llama.cpp-style readers (and opengemma) load. qtype: F32, F16, BF16 or Q8_0
-    for the 2-D matrices (norms stay F32, as llama.cpp does)."""
+def _module_name(ours: str) -> str:
+    return ours.removesuffix(".weight")
+
+
+def tensor_types(path: str | Path) -> dict[str, str]:
+    """{opengemma module name ("layers.0.attn.q_proj", "embed", ...): ggml type name} of the 2-D weights."""
+    reader = open_gguf(path)
+    cfg = config_from_gguf(reader, str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    full = expand_map(GGUF_MAP, cfg.n_layers)
+    return {_module_name(ours): tensors[theirs].tensor_type.name for ours, theirs in full.items()
+            if theirs in tensors and not is_norm(ours)}
+
+
+def keep_formats(types: dict[str, str]) -> dict[str, str]:
+    """What each matrix becomes when a model keeps its GGUF file's quantization (quantize="gguf"): 4-bit
+    blocks (Q4_0/Q4_1/Q4_K) are int4 groups of 32 exactly; every other quantized type (Q5_0, Q6_K, Q8_0, ...)
+    has no exact home among the kernels' formats and is rounded once more to int8 per output channel (from
+    5+ bits: a small extra error); float tensors stay float."""
+    return {name: "int4" if t in INT4_TYPES else "float" if t in FLOAT_TYPES else "int8" for name, t in types.items()}
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 16) bytes of one 32-weight block -> (n, 32): weights 0-15 in the low nibbles, 16-31 in the high."""
+    return np.concatenate([qs & 15, qs >> 4], axis=-1)
+
+
+def int4_groups(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Q4_0 / Q4_1 / Q4_K tensor's own 4-bit values with each 32-weight group's scale and offset, in
+    quantize_int4's convention w = (q - 8) * scale + zero: (N, K) uint8 in 0..15, (N, K / 32) float32 twice.
+    Exact: it dequantizes to what gguf.quants.dequantize gives (to float32 rounding)."""
     import gguf
 
-    if qtype not in WRITE_TYPES:
-        raise ValueError(f"unsupported GGUF type {qtype!r}; choose from {', '.join(WRITE_TYPES)}")
+    kind = t.tensor_type.name
+    K = int(t.shape[0])  # ggml order: (in, out)
+    raw = np.ascontiguousarray(t.data).view(np.uint8)
+    f16 = lambda a: np.ascontiguousarray(a).view(np.float16).astype(np.float32)  # noqa: E731
+    if kind in ("Q4_0", "Q4_1"):
+        nbytes = 18 if kind == "Q4_0" else 20
+        b = raw.reshape(-1, nbytes)
+        d = f16(b[:, 0:2])  # (n, 1)
+        q = _nibbles(b[:, nbytes - 16:])
+        zero = np.zeros_like(d) if kind == "Q4_0" else 8.0 * d + f16(b[:, 2:4])  # Q4_1: w = d * q + m
+        scale = d
+    elif kind == "Q4_K":  # 256-weight super-blocks: fp16 d, dmin; 8 six-bit (scale, min) pairs; 128 bytes
+        b = raw.reshape(-1, 144)
+        d, dmin = f16(b[:, 0:2]), f16(b[:, 2:4])
+        sc, mn = gguf.quants.Q4_K.get_scale_min(np.ascontiguousarray(b[:, 4:16]))  # (n, 8) each
+        qs = b[:, 16:].reshape(-1, 4, 32)  # 4 chunks of 64 weights: low nibbles first, then high
+        q = np.stack([qs & 15, qs >> 4], axis=2)  # (n, 4, 2, 32) = (n, 8 groups, 32)
+        scale = d * sc.astype(np.float32)  # w = d * sc * q - dmin * m
+        zero = 8.0 * scale - dmin * mn.astype(np.float32)
+    else:
+        raise ValueError(f"{t.name}: {kind} is not a 4-bit block type ({', '.join(INT4_TYPES)})")
+    q = torch.from_numpy(np.ascontiguousarray(q).reshape(-1, K))
+    N = q.shape[0]
+    return (q, torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(N, K // 32)),
+            torch.from_numpy(np.ascontiguousarray(zero, dtype=np.float32).reshape(N, K // 32)))
+
+
+def load_int4_groups(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """int4_groups of every 4-bit-block weight of the file, by opengemma module name."""
+    reader = open_gguf(path)
+    cfg = config_from_gguf(reader, str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    out = {}
+    for ours, theirs in expand_map(GGUF_MAP, cfg.n_layers).items():
+        t = tensors.get(theirs)
+        if t is not None and t.tensor_type.name in INT4_TYPES:
+            try:
+                out[_module_name(ours)] = int4_groups(t)
+            except ValueError as e:  # truncated data: the reshape fails
+                raise CheckpointError(f"{path}: cannot read tensor {theirs} ({t.tensor_type.name}): {e}") from None
+    return out
+
+
+# -- writing ---------------------------------------------------------------------------------------
+WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")  # what gguf.quants can write
+
+
+def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32",
+              qtypes: dict[str, str] | None = None) -> Path:
+    """Write a GGUF file that llama.cpp-style readers (and opengemma) load. qtype: one of WRITE_TYPES for the
+    2-D matrices (norms stay F32, as llama.cpp does); qtypes: {opengemma tensor name: type} exceptions, for
+    mixed files like llama.cpp's _M/_S ones."""
+    import gguf
+
+    qtypes = qtypes or {}
+    for t in {qtype, *qtypes.values()}:
+        if t not in WRITE_TYPES:
+            raise ValueError(f"unsupported GGUF type {t!r}; choose from {', '.join(WRITE_TYPES)}")
     cfg = model.config
     arch = cfg.family
     path = Path(path)
@@ -231,18 +316,18 @@ def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32"
         _add_tokenizer(w, tokenizer, cfg)
 
     state = model.state_dict()
-    qt = getattr(gguf.GGMLQuantizationType, qtype)
     for ours, theirs in weight_map(cfg, state).items():
         x = state[ours].detach().float().cpu()
         if is_norm(ours):
             w.add_tensor(theirs, (x + 1.0).numpy())
             continue
-        arr = x.numpy()
-        if qtype == "F32" or arr.ndim != 2:
+        arr, kind = x.numpy(), qtypes.get(ours, qtype)
+        if kind == "F32" or arr.ndim != 2:
             w.add_tensor(theirs, arr)
-        elif qtype == "F16":
+        elif kind == "F16":
             w.add_tensor(theirs, arr.astype(np.float16))
         else:
+            qt = getattr(gguf.GGMLQuantizationType, kind)
             w.add_tensor(theirs, gguf.quants.quantize(arr, qt), raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()

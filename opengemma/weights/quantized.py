@@ -47,12 +47,13 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
         raise CheckpointError(f"{path}/quantization.json: malformed ({e})") from None
     with torch.device("meta"):
         model = empty_quantized(Gemma(cfg), info["mode"], info.get("group_size") or 32, dtype, info.get("embedding"),
-                                info.get("fused", False))
+                                info.get("fused", False), formats=info.get("formats"))
     state = mmap_safetensors(path / "model.safetensors", align=64)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
     model.load_state_dict(state, strict=True, assign=True)
-    model.quantization["method"] = info.get("method", "rtn")
+    model.quantization.update({k: v for k, v in info.items() if k != "config"})
+    model.quantization.setdefault("method", "rtn")
     model.init_rope()
     model = model.to(device).eval()
     prepare_quantized(model)
