@@ -4,7 +4,9 @@
                                  [--text stdlib|licenses|PATH]
 
 Modes: fp32, bf16, int8, int4 (GPTQ, int8 embedding), int4-rtn (round to nearest), and -emb4 for an int4
-embedding/output matrix too; gguf (the GGUF's own quantization kept). The int4 modes take the file's Q4_K
+embedding/output matrix too, -rescore for the int4+int8 output layer (scored in int4, best 64 recomputed in
+int8: perplexity over many rows is int8's; its decode path, <= 16 rows at a time, is reported too); gguf
+(the GGUF's own quantization kept). The int4 modes take the file's Q4_K
 matrices as they are and round the others. Held-out text (--text): `stdlib`, the documentation strings of a fixed list of
 Python standard-library modules (ordinary technical English that every machine has; GPTQ calibrates on
 other modules' documentation, opengemma.calibration); `licenses`, the license texts of
@@ -32,9 +34,9 @@ def mode_kwargs(mode: str) -> dict:
     if mode in ("fp32", "bf16"):
         return {"dtype": "float32" if mode == "fp32" else "bfloat16"}
     quant, *flags = mode.split("-")
-    emb = next((f for f in flags if f.startswith("emb")), "emb")
-    return {"quantize": quant, "embedding_quantize": {"emb4": "int4", "emb8": "int8", "emb": "default"}[emb],
-            "int4_method": "rtn" if "rtn" in flags else "gptq"}
+    emb = next((f for f in flags if f.startswith("emb") or f == "rescore"), "emb")
+    emb = {"emb4": "int4", "emb8": "int8", "emb": "default", "rescore": "int4+int8"}[emb]
+    return {"quantize": quant, "embedding_quantize": emb, "int4_method": "rtn" if "rtn" in flags else "gptq"}
 
 
 def heldout_text(which: str = "stdlib") -> str:
@@ -51,18 +53,29 @@ def heldout_text(which: str = "stdlib") -> str:
 
 
 @torch.inference_mode()
-def score(model, ids: list[int], window: int, bos: int) -> tuple[float, int, list[torch.Tensor]]:
-    nll, count, argmaxes = 0.0, 0, []
+def score(model, ids: list[int], window: int, bos: int) -> tuple[float, int, list[torch.Tensor], dict]:
+    """Mean NLL over windows, the argmax at each position, and for an int4+int8 output layer what its
+    decode path gives (logits of <= SMALL_M rows at a time: the best 64 by int4 recomputed in int8)."""
+    from opengemma.quantize import SMALL_M, RescoredEmbedding
+
+    rescored = isinstance(model.embed, RescoredEmbedding)
+    nll, count, argmaxes, dec_nll, dec_same = 0.0, 0, [], 0.0, 0
     for s in range(0, len(ids), window - 1):
         chunk = [bos] + ids[s:s + window - 1]
         if len(chunk) < 2:
             break
         x = torch.tensor([chunk])
-        logits = model(x).float()[0, :-1]
+        h = model(x, hidden=True)[0, :-1]
+        logits = model.logits(h).float()
         nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
         count += len(chunk) - 1
         argmaxes.append(logits.argmax(-1))
-    return nll / count, count, argmaxes
+        if rescored:
+            dec = torch.cat([model.logits(h[i:i + SMALL_M]) for i in range(0, len(h), SMALL_M)]).float()
+            dec_nll += F.cross_entropy(dec, x[0, 1:], reduction="sum").item()
+            dec_same += (dec.argmax(-1) == argmaxes[-1]).sum().item()
+    extra = {"decode_path_nll": dec_nll / count, "decode_path_argmax_same": dec_same / count} if rescored else {}
+    return nll / count, count, argmaxes, extra
 
 
 def main() -> None:
@@ -79,12 +92,12 @@ def main() -> None:
     for mode in args.modes.split(","):
         llm = opengemma.load("gemma-3-270m", group_size=args.group_size, progress=False, **mode_kwargs(mode))
         ids = llm.tokenizer.encode(heldout_text(args.text), bos=False)[: args.tokens]
-        nll, n, argmaxes = score(llm.model, ids, 512, llm.tokenizer.bos_id)
+        nll, n, argmaxes, extra = score(llm.model, ids, 512, llm.tokenizer.bos_id)
         am = torch.cat(argmaxes)
         if ref_argmax is None:
             ref_argmax = am
         rows[mode] = {"nll": nll, "perplexity": math.exp(nll), "tokens": n,
-                      "argmax_agreement_vs_first": (am == ref_argmax).float().mean().item()}
+                      "argmax_agreement_vs_first": (am == ref_argmax).float().mean().item(), **extra}
         del llm
     base = rows[args.modes.split(",")[0]]["perplexity"]
     print(f"{'mode':8s} {'perplexity':>11s} {'vs ' + args.modes.split(',')[0]:>10s} {'argmax agree':>13s}  tokens")
@@ -92,6 +105,11 @@ def main() -> None:
         r["ratio"] = r["perplexity"] / base
         print(f"{mode:8s} {r['perplexity']:11.3f} {100 * (r['ratio'] - 1):+9.2f}% {r['argmax_agreement_vs_first']:13.4f}"
               f"  {r['tokens']}")
+        if "decode_path_nll" in r:
+            r["decode_path_ratio"] = math.exp(r["decode_path_nll"]) / base
+            print(f"{'':8s} decode path (int4 scores, best 64 in int8): perplexity "
+                  f"{100 * (r['decode_path_ratio'] - 1):+.2f}%, argmax as with int8 logits at "
+                  f"{100 * r['decode_path_argmax_same']:.2f}% of positions")
     suffix = "" if args.text == "stdlib" else "-" + Path(args.text).stem
     out = Path(__file__).parent / "results" / f"quality{suffix}.json"
     out.parent.mkdir(exist_ok=True)

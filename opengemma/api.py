@@ -161,7 +161,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
     matrix kept as the file has it, 4-bit blocks as exact int4 groups of 32, 5-8-bit types as int8; see
     weights.gguf.keep_formats): weight-only; the tied
     embedding/output matrix is quantized as `embedding_quantize` says ("int8", "int4", None = float;
-    "default" = int8, the quality choice). Activations in `dtype` (default bfloat16 when quantizing). The quantized
+    "int4+int8": decode scores tokens with an int4 copy and recomputes the best 64 from the int8 table,
+    quantize.RescoredEmbedding; "default" = int8, the quality choice, or the file's type with "gguf"). Activations in `dtype` (default bfloat16 when quantizing). The quantized
     weights are cached, so only the first quantized load pays for quantizing. int4_method: "gptq" (rounding
     errors corrected against the model's own activations on built-in calibration text, opengemma.calibration;
     about 100 s the first time for the 270M model on 2 CPU cores, run on the GPU when loading to one), "rtn"
@@ -234,6 +235,7 @@ def _dtype_variant(float_dir: Path, dtype: torch.dtype) -> Path:
 
 
 AUTO_GPTQ_MAX_PARAMS = 1_000_000_000
+QUANT_CACHE_VERSION = 2  # part of quantized cache names: bump when the same settings would quantize differently
 
 
 def resolve_int4_method(method: str, float_dir: Path, device: torch.device) -> str:
@@ -248,39 +250,41 @@ def resolve_int4_method(method: str, float_dir: Path, device: torch.device) -> s
 def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embedding: str | None,
                            dtype: torch.dtype, device, int4_method: str = "auto", progress: bool = False) -> Gemma:
     from .quantize import default_embedding_mode, quantize_model
-    from .weights.gguf import keep_formats, load_int4_groups, tensor_types
+    from .weights.gguf import keep_formats, load_int4_groups, open_gguf, tensor_types
     from .weights.quantized import is_quantized_dir, load_quantized, save_quantized
 
     st = (float_dir / "config.json").stat()
     key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    formats, exact = None, None
+    formats = None
     gguf_path = _gguf_source(float_dir)
     if mode == "gguf":
         if gguf_path is None:
             raise ValueError(f"quantize='gguf' keeps a GGUF file's own quantization, but {float_dir} was not made "
                              "from a GGUF file (or the file has moved): use int8 or int4")
-        formats = keep_formats(tensor_types(gguf_path))
-        if embedding == "default":
-            embedding = formats.get("embed", "float")
-        group_size = 32
+        group_size = 32  # the embedding too is as the file has it, unless asked otherwise
     else:
         embedding = default_embedding_mode(mode) if embedding == "default" else embedding
-    if gguf_path is not None and group_size == 32 and (mode == "gguf" or "int4" in (mode, embedding)):
-        exact = load_int4_groups(gguf_path)  # the file's 4-bit blocks: taken as they are, not re-rounded
+    # the file's 4-bit blocks are taken as they are, not rounded again (read only when quantizing)
+    keep4 = gguf_path is not None and group_size == 32 and (mode == "gguf" or "int4" in f"{mode} {embedding}")
     gptq = mode == "int4" and resolve_int4_method(int4_method, float_dir, device) == "gptq"
     if gptq and not (float_dir / "tokenizer.model").exists():
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
                       "int4 falls back to round-to-nearest")
         gptq = False
     tag = (f"{mode}-g{group_size}" + (f"-gptq-{CALIBRATION_ID}" if gptq else "")) if mode == "int4" else mode
-    tag += ("-q4kept" if exact else "") + f"-emb{embedding or 'float'}"
-    qdir = cache_root() / "quantized" / f"{float_dir.name}-{key}-{tag}-{str(dtype).removeprefix('torch.')}"
+    tag += ("-q4kept" if keep4 else "") + f"-emb{'file' if embedding == 'default' else embedding or 'float'}"
+    qdir = (cache_root() / "quantized" /
+            f"{float_dir.name}-{key}-v{QUANT_CACHE_VERSION}-{tag}-{str(dtype).removeprefix('torch.')}")
     if not is_quantized_dir(qdir):
         # GPTQ's calibration forward and column sweeps run where the model will (a GPU makes them fast)
         model = load_hf_dir(float_dir, dtype=torch.float32, device=device if gptq else "cpu")
         calibration = None
         if gptq:
             calibration = [b.to(device) for b in calibration_batches(Tokenizer.from_file(float_dir / "tokenizer.model"))]
+        reader = open_gguf(gguf_path) if keep4 else None  # parsing its header takes seconds: only when quantizing
+        exact = load_int4_groups(reader) if keep4 else None
+        if mode == "gguf":
+            formats = keep_formats(tensor_types(reader))
         quantize_model(model, mode, group_size=group_size, dtype=dtype, embedding=embedding, calibration=calibration,
                        progress=progress, formats=formats, exact=exact)
         save_quantized(model, qdir)

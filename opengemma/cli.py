@@ -22,8 +22,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int4-method", choices=["auto", "gptq", "rtn"], default="auto",
                    help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time for the default "
                         "model), rtn (round to nearest), auto (default: gptq on a GPU or under 1B parameters)")
-    p.add_argument("--embedding-quantize", choices=["int8", "int4", "none"], default=None,
-                   help="quantization of the tied embedding/output matrix (default int8)")
+    p.add_argument("--embedding-quantize", choices=["int8", "int4", "int4+int8", "none"], default=None,
+                   help="quantization of the tied embedding/output matrix (default int8); int4+int8: decode "
+                        "scores with int4 and recomputes the best 64 tokens' logits in int8 (faster, same top)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on for CUDA and for serve, which compiles its "
                         "one shape at start-up; off for CPU generate/chat, where each new shape compiles ~40 s)")
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("src")
     v.add_argument("dst", help="a directory (Hugging Face layout) or a path ending in .gguf")
     v.add_argument("--dtype", default=None, help="HF output dtype: float32 (default) | bfloat16")
-    v.add_argument("--gguf-type", default="F32", help="GGUF matrix type: F32 (default), F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1")
+    v.add_argument("--gguf-type", default="F32",
+                   help="GGUF matrix type: F32 (default), F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1")
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
     _add_model_args(sv)

@@ -25,6 +25,7 @@ from .model import Embedding, Gemma
 MODES = ("int8", "int4")
 FORMATS = ("int8", "int4", "float")  # what one matrix can be in a mixed ("gguf") model
 SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize-then-matmul
+PACK_ROWS = 4096  # rows per block when building the CPU int4 kernel layout (a multiple of its 16-row tiles)
 
 
 # -- the numerics -------------------------------------------------------------------------------------
@@ -149,6 +150,13 @@ def _int4_mm(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, sz)
 
 
+def _int8_mm(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(M, K) @ int8 (N, K)^T, times the (N,) scales: (M, N) in x2's dtype."""
+    if x2.device.type == "cpu" and x2.shape[0] <= SMALL_M:
+        return torch.ops.aten._weight_int8pack_mm(x2, weight, scales)
+    return F.linear(x2, weight.to(x2.dtype)) * scales
+
+
 # -- modules ------------------------------------------------------------------------------------------
 class Int8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16, device=None):
@@ -167,10 +175,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, K)
-        if x2.device.type == "cpu" and x2.shape[0] <= SMALL_M:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
-        else:
-            y = F.linear(x2, self.weight.to(x2.dtype)) * self.scales
+        y = _int8_mm(x2, self.weight, self.scales)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:
@@ -236,13 +241,21 @@ class Int4Linear(nn.Module):
 
     def prepare(self) -> None:
         """Build the kernel layout for the current device (after loading or moving the module)."""
-        q, scales, zeros = unpack_int4(self.qweight), self.scales, self.zeros
-        pad = -self.out_features % 16  # the kernels tile N by 16: pad with empty rows, slice them off
+        scales, zeros, N, device = self.scales, self.zeros, self.out_features, self.qweight.device
+        pad = -N % 16  # the kernels tile N by 16: pad with empty rows, slice them off
+        # CPU: blocks of rows pack independently; a block at a time bounds the unpacked int32 temporaries
+        # (the 262144-row output matrix would need 0.7 GB at once)
+        step = PACK_ROWS if device.type == "cpu" else N
+        parts = []
+        for i in range(0, N, step):
+            q = unpack_int4(self.qweight[i:i + step])
+            if i + step >= N and pad:
+                q = torch.cat([q, q.new_full((pad, q.shape[1]), 8)])
+            parts.append(_kernel_pack_int4(q, device))
         if pad:
-            q = torch.cat([q, q.new_full((pad, q.shape[1]), 8)])
             scales = torch.cat([scales, scales.new_zeros(pad, scales.shape[1])])
             zeros = torch.cat([zeros, zeros.new_zeros(pad, zeros.shape[1])])
-        self.kernel_weight = _kernel_pack_int4(q, self.qweight.device)
+        self.kernel_weight = parts[0] if len(parts) == 1 else torch.cat(parts)
         self.kernel_sz = _scales_zeros(scales, zeros, scales.dtype)
 
     def _apply(self, fn, recurse=True):  # the packed layout is per device: moving the module drops it
@@ -308,6 +321,51 @@ class Int4Embedding(nn.Module):
         return self.table(x)
 
 
+RESCORE_K = 64  # tokens whose logits an int4+int8 output layer recomputes from the int8 rows
+
+
+@torch.library.custom_op("opengemma::int8_rows_mm", mutates_args=())
+def int8_rows_mm(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """x2 (M, K) against its own rows top (M, k) of an int8 matrix: (M, k), computed by the int8 layer's
+    own kernel (every row against all M * k gathered rows, then each row's block: M is small), so the values
+    equal Int8Linear's bit for bit. An opaque op: inductor's int8 GEMM lowering would need the gathered
+    scales as a stored buffer."""
+    M, k = top.shape
+    rows = top.reshape(-1)
+    out = _int8_mm(x2, weight[rows], scales[rows]).view(M, M, k)
+    return out.diagonal(dim1=0, dim2=1).transpose(0, 1).contiguous()
+
+
+@int8_rows_mm.register_fake
+def _(x2, weight, scales, top):
+    return x2.new_empty(top.shape)
+
+
+class RescoredEmbedding(Int8Embedding):
+    """The tied table in int8 (lookups, and the output layer over many rows) plus an int4 copy that scores
+    decode steps: its logits pick the RESCORE_K best tokens, whose logits are then recomputed from their int8
+    rows. A decode step reads the int4 table and k int8 rows instead of the int8 table (~half the bytes of
+    the model's largest matrix), and the logits that greedy decoding, top-k (k <= 64) and nucleus sampling
+    look at are the int8 model's; only the tail keeps int4 values."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = 32,
+                 dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__(num_embeddings, embedding_dim, dtype, device)
+        self.approx = Int4Linear(embedding_dim, num_embeddings, group_size, dtype, device)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.embedding_dim)
+        if x2.shape[0] > SMALL_M:  # scoring many positions (prefill, perplexity): int8 throughout
+            return self.table(x)
+        t = self.table
+        x2 = x2.to(t.scales.dtype)
+        logits = self.approx(x2)  # (M, V) int4 scores
+        top = logits.topk(RESCORE_K, dim=-1).indices  # (M, k)
+        exact = int8_rows_mm(x2, t.weight, t.scales, top)
+        logits = logits.scatter(1, top, exact.to(logits.dtype))
+        return logits.reshape(*x.shape[:-1], self.num_embeddings).to(x.dtype)
+
+
 # -- swapping -----------------------------------------------------------------------------------------
 def default_embedding_mode(mode: str) -> str:
     # The tied embedding/output table is the most sensitive matrix: int4 there costs about +10% perplexity on
@@ -315,8 +373,17 @@ def default_embedding_mode(mode: str) -> str:
     return "int8"
 
 
+EMBEDDING_MODES = ("int8", "int4", "int4+int8")  # int4+int8: RescoredEmbedding
+
+
 def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None, exact=None):
     v, d = shape
+    if mode == "int4+int8":
+        emb = RescoredEmbedding(v, d, group_size, dtype, device)
+        if w is not None:
+            emb.table = _linear(w, shape, "int8", group_size, dtype, device)
+            emb.approx = _linear(w, shape, "int4", group_size, dtype, device, hessian, exact)
+        return emb
     emb = Int8Embedding(v, d, dtype, device) if mode == "int8" else Int4Embedding(v, d, group_size, dtype, device)
     if w is not None:  # GPTQ (int4) weighs the table as the output layer: its errors in logits
         emb.table = _linear(w, shape, mode, group_size, dtype, device, hessian, exact)
@@ -386,8 +453,9 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
     if embedding == "default":  # a mixed model's embedding is as its formats say
         embedding = default_embedding_mode(mode) if formats is None else formats.get("embed", "float")
     embedding = None if embedding == "float" else embedding
-    if embedding not in (None, *MODES):
-        raise ValueError(f"unknown embedding quantization {embedding!r}; choose from int8, int4 or None")
+    if embedding not in (None, *EMBEDDING_MODES):
+        raise ValueError(f"unknown embedding quantization {embedding!r}; choose from {', '.join(EMBEDDING_MODES)} "
+                         "or None")
     device = "meta" if meta else None
     exact = exact or {}
     with torch.no_grad():
@@ -452,7 +520,7 @@ def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.d
     mode "gguf": each matrix as formats[name] says (int8, int4 or float; "embed" for the embedding), what
     a GGUF file's own types map to (weights.gguf.keep_formats). exact: {name: (q, scales, zeros)} int4
     matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd."""
-    int4 = mode == "int4" or (formats is not None and "int4" in formats.values())
+    int4 = mode == "int4" or (formats is not None and "int4" in formats.values()) or "int4" in str(embedding)
     moments = input_moments(model, calibration, progress) if calibration is not None and int4 else None
     _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress,
           formats=formats, exact=exact)

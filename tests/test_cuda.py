@@ -147,9 +147,9 @@ def test_cuda_quantized_linear_compiled_matches_its_dequantized_weights(cls, arg
     assert (compiled - ref).abs().max() <= 0.01 * ref.abs().max()
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_cuda_quantized_model_matches_the_cpu_kernels_and_compiles(mode):
-    cpu = quantize_model(tiny(std=0.1, **WIDE), mode, group_size=32, embedding=mode)
+@pytest.mark.parametrize("mode,embedding", [("int8", "int8"), ("int4", "int4"), ("int4", "int4+int8")])
+def test_cuda_quantized_model_matches_the_cpu_kernels_and_compiles(mode, embedding):
+    cpu = quantize_model(tiny(std=0.1, **WIDE), mode, group_size=32, embedding=embedding)
     gpu = copy.deepcopy(cpu).to(DEV)
     prepare_quantized(gpu)  # tinygemm's layout on the GPU differs from the CPU kernel's
     tok = torch.randint(0, 512, (2, 30), generator=torch.Generator().manual_seed(3))

@@ -6,8 +6,9 @@ import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.engine.generate import decode_step, generate
 from hf_utils import tiny_model
-from opengemma.quantize import (Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, pack_int4, quantize_int4,
-                                quantize_int8, quantize_model, unpack_int4)
+from opengemma.quantize import (RESCORE_K, SMALL_M, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear,
+                                RescoredEmbedding, pack_int4, quantize_int4, quantize_int8, quantize_model,
+                                unpack_int4)
 from opengemma.weights.hf import save_hf_dir
 from opengemma.weights.quantized import load_quantized, save_quantized
 
@@ -65,6 +66,18 @@ def test_int4_linear_matches_reference(group, M):
     assert (y - x.float() @ w.T).abs().max() <= 0.25 * scale  # 4-bit: coarse, bounded
 
 
+def test_int4_cpu_layout_built_in_row_blocks_equals_built_at_once(monkeypatch):
+    import opengemma.quantize as q
+
+    m = Int4Linear.from_float(torch.randn(100, 64), 32, torch.bfloat16)  # 100 rows: padded to 112
+    monkeypatch.setattr(q, "PACK_ROWS", 10**9)
+    m.prepare()
+    whole = m.kernel_weight
+    monkeypatch.setattr(q, "PACK_ROWS", 32)
+    m.prepare()
+    assert torch.equal(m.kernel_weight, whole)
+
+
 @pytest.mark.parametrize("cls,args", [(Int8Linear, ()), (Int4Linear, (32,))])
 def test_quantized_embedding_lookup_and_attend(cls, args):
     w = torch.randn(1000, 64) * 0.1
@@ -78,6 +91,48 @@ def test_quantized_embedding_lookup_and_attend(cls, args):
     x = torch.randn(2, 3, 64).bfloat16()
     ref = x.float() @ deq.T
     assert (emb.attend(x).float() - ref).abs().max() <= 0.01 * ref.abs().max()
+
+
+@pytest.mark.parametrize("M", [1, 5, 16, 17])
+def test_rescored_output_layer_is_the_int8_layer_on_its_candidates(M):
+    """int4+int8: the RESCORE_K tokens the int4 copy ranks best carry the int8 layer's logits bit for bit
+    (each row its own candidates), the rest the int4 copy's; over SMALL_M rows, the int8 layer throughout."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2000, 64, generator=g) * 0.1
+    emb = RescoredEmbedding(2000, 64, 32, torch.bfloat16)
+    emb.table, emb.approx = Int8Linear.from_float(w, torch.bfloat16), Int4Linear.from_float(w, 32, torch.bfloat16)
+    emb.approx.prepare()
+    x = torch.randn(M, 64, generator=g).bfloat16()
+    got, int8, int4 = emb.attend(x), emb.table(x), emb.approx(x)
+    if M > SMALL_M:
+        assert torch.equal(got, int8)
+        return
+    top = int4.topk(RESCORE_K, dim=-1).indices
+    chosen = torch.zeros_like(got, dtype=torch.bool).scatter(1, top, True)
+    assert torch.equal(got[chosen], int8[chosen]) and torch.equal(got[~chosen], int4[~chosen])
+    assert torch.equal(got.argmax(-1), int8.argmax(-1))
+    ids = torch.tensor([[3, 1999]])  # lookups read the int8 table
+    assert torch.equal(emb(ids), Int8Embedding.forward(emb, ids))
+
+
+def test_rescored_model_decodes_the_int8_output_layers_tokens(tmp_path):
+    import copy
+
+    model = tiny()
+    ref = quantize_model(copy.deepcopy(model), "int4", group_size=32, embedding="int8")
+    resc = quantize_model(model, "int4", group_size=32, embedding="int4+int8")
+    assert isinstance(resc.embed, RescoredEmbedding)
+    prompts = [list(range(2, 14)), [2, 40, 41]]
+    want = [o.tokens for o in generate(ref, prompts, max_new_tokens=16)]
+    assert [o.tokens for o in generate(resc, prompts, max_new_tokens=16)] == want
+    save_quantized(resc, tmp_path / "q")
+    back = load_quantized(tmp_path / "q")
+    assert isinstance(back.embed, RescoredEmbedding)
+    assert [o.tokens for o in generate(back, prompts, max_new_tokens=16)] == want
+    # compiled (the rescoring is an opaque custom op inside the one graph), against the compiled int8 layer
+    # (inductor's fused bf16 arithmetic rounds differently from eager, for both)
+    assert [o.tokens for o in generate(back, prompts, max_new_tokens=16, compile=True)] == \
+        [o.tokens for o in generate(ref, prompts, max_new_tokens=16, compile=True)]
 
 
 def _dequantized_reference(float_model, qmodel):
@@ -138,13 +193,14 @@ def mixed_formats(model) -> dict[str, str]:
     return {"embed": "int8", **{n: ("int8", "int4", "float")[i % 3] for i, n in enumerate(names)}}
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4", "gguf"])
-def test_quantized_decode_step_has_no_graph_breaks(mode):
+@pytest.mark.parametrize("mode,embedding", [("int8", "int8"), ("int4", "int4"), ("gguf", "default"),
+                                            ("int4", "int4+int8")])
+def test_quantized_decode_step_has_no_graph_breaks(mode, embedding):
     import torch._dynamo
 
     model = tiny()
     formats = mixed_formats(model) if mode == "gguf" else None
-    model = quantize_model(model, mode, group_size=32, embedding="default" if formats else mode, formats=formats)
+    model = quantize_model(model, mode, group_size=32, embedding=embedding, formats=formats)
     if formats:
         assert {type(m).__name__ for m in model.layers[0].modules()} >= {"Int8Linear", "Int4Linear", "Linear"}
     model.setup_cache(2, 32, prefill_chunk=4)

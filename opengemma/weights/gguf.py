@@ -196,10 +196,16 @@ def _module_name(ours: str) -> str:
     return ours.removesuffix(".weight")
 
 
-def tensor_types(path: str | Path) -> dict[str, str]:
-    """{opengemma module name ("layers.0.attn.q_proj", "embed", ...): ggml type name} of the 2-D weights."""
-    reader = open_gguf(path)
-    cfg = config_from_gguf(reader, str(path))
+def _reader(src):
+    """A GGUFReader from a path, or the reader itself (opening one parses the header: seconds for a vocabulary)."""
+    return open_gguf(src) if isinstance(src, (str, Path)) else src
+
+
+def tensor_types(src) -> dict[str, str]:
+    """{opengemma module name ("layers.0.attn.q_proj", "embed", ...): ggml type name} of the 2-D weights.
+    src: a path or a GGUFReader."""
+    reader = _reader(src)
+    cfg = config_from_gguf(reader)
     tensors = {t.name: t for t in reader.tensors}
     full = expand_map(GGUF_MAP, cfg.n_layers)
     return {_module_name(ours): tensors[theirs].tensor_type.name for ours, theirs in full.items()
@@ -252,10 +258,10 @@ def int4_groups(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             torch.from_numpy(np.ascontiguousarray(zero, dtype=np.float32).reshape(N, K // 32)))
 
 
-def load_int4_groups(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """int4_groups of every 4-bit-block weight of the file, by opengemma module name."""
-    reader = open_gguf(path)
-    cfg = config_from_gguf(reader, str(path))
+def load_int4_groups(src) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """int4_groups of every 4-bit-block weight of the file (a path or a GGUFReader), by opengemma module name."""
+    reader = _reader(src)
+    cfg = config_from_gguf(reader)
     tensors = {t.name: t for t in reader.tensors}
     out = {}
     for ours, theirs in expand_map(GGUF_MAP, cfg.n_layers).items():
@@ -264,7 +270,8 @@ def load_int4_groups(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Te
             try:
                 out[_module_name(ours)] = int4_groups(t)
             except ValueError as e:  # truncated data: the reshape fails
-                raise CheckpointError(f"{path}: cannot read tensor {theirs} ({t.tensor_type.name}): {e}") from None
+                raise CheckpointError(f"{getattr(reader.data, 'filename', 'GGUF file')}: cannot read tensor {theirs} "
+                                      f"({t.tensor_type.name}): {e}") from None
     return out
 
 
