@@ -25,7 +25,7 @@ from .model import Embedding, Gemma
 MODES = ("int8", "int4")
 FORMATS = ("int8", "int4", "float")  # what one matrix can be in a mixed ("gguf") model
 SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize-then-matmul
-PACK_ROWS = 4096  # rows per block when building the CPU int4 kernel layout (a multiple of its 16-row tiles)
+PACK_ROWS = 4096  # rows per block when building the CPU int4 kernel layout (a multiple of its 64-row blocks)
 
 
 # -- the numerics -------------------------------------------------------------------------------------
