@@ -70,10 +70,12 @@ def score(model, ids: list[int], window: int, bos: int) -> tuple[float, int, lis
         nll += F.cross_entropy(logits, x[0, 1:], reduction="sum").item()
         count += len(chunk) - 1
         argmaxes.append(logits.argmax(-1))
-        if rescored:
-            dec = torch.cat([model.logits(h[i:i + SMALL_M]) for i in range(0, len(h), SMALL_M)]).float()
+        if rescored:  # decode's few rows: against the int8 layer on as few rows (the same kernel, same rounding)
+            rows = [h[i:i + SMALL_M] for i in range(0, len(h), SMALL_M)]
+            dec = torch.cat([model.logits(r) for r in rows]).float()
+            int8 = torch.cat([model.embed.table(r) for r in rows]).float()
             dec_nll += F.cross_entropy(dec, x[0, 1:], reduction="sum").item()
-            dec_same += (dec.argmax(-1) == argmaxes[-1]).sum().item()
+            dec_same += (dec.argmax(-1) == int8.argmax(-1)).sum().item()
     extra = {"decode_path_nll": dec_nll / count, "decode_path_argmax_same": dec_same / count} if rescored else {}
     return nll / count, count, argmaxes, extra
 

@@ -15,9 +15,10 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "BOOL": torch.bool}
 
 
-def mmap_safetensors(path: str | Path, align: int = 0) -> dict[str, torch.Tensor]:
+def mmap_safetensors(path: str | Path, align: int = 0, needs_align=None) -> dict[str, torch.Tensor]:
     """align: copy out tensors whose data is not aligned to this many bytes (safetensors only aligns to
-    8; some CPU kernels, e.g. the int8 GEMV, need 64-byte aligned weights)."""
+    8; some CPU kernels, e.g. the int8 GEMV, need 64-byte aligned weights); needs_align(name): which
+    tensors that applies to (default all)."""
     path = Path(path)
     with open(path, "rb") as f:
         size = path.stat().st_size
@@ -42,5 +43,6 @@ def mmap_safetensors(path: str | Path, align: int = 0) -> dict[str, torch.Tensor
             numel *= d
         t = torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start) if numel else torch.empty(0, dtype=dtype)
         t = t.view(info["shape"])
-        out[name] = t.clone() if align and t.data_ptr() % align else t
+        copy = align and t.data_ptr() % align and (needs_align is None or needs_align(name))
+        out[name] = t.clone() if copy else t
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import torch
@@ -25,12 +26,26 @@ def save_quantized(model: Gemma, path: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors aligns data to 8 bytes; the int8 kernel wants 64 (mmap_safetensors copies out what is not).
+    # Padding the header's metadata so that the data starts 64-aligned keeps most tensors zero-copy.
+    st = tmp / "model.safetensors"
+    save_file(state, str(st), metadata={"format": "pt", "pad": ""})
+    pad = -_data_start(st) % ALIGN  # a multiple of 8 (the header is padded to 8): grows the header exactly
+    if pad:
+        save_file(state, str(st), metadata={"format": "pt", "pad": " " * pad})
     (tmp / "quantization.json").write_text(json.dumps(
         {**model.quantization, "config": model.config.to_dict()}, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
+
+
+ALIGN = 64  # bytes: what the int8 GEMV kernel wants of its weights
+
+
+def _data_start(path: Path) -> int:
+    with open(path, "rb") as f:
+        return 8 + struct.unpack("<Q", f.read(8))[0]
 
 
 def is_quantized_dir(path: Path) -> bool:
@@ -48,7 +63,8 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
     with torch.device("meta"):
         model = empty_quantized(Gemma(cfg), info["mode"], info.get("group_size") or 32, dtype, info.get("embedding"),
                                 info.get("fused", False), formats=info.get("formats"))
-    state = mmap_safetensors(path / "model.safetensors", align=64)
+    # only the int8 kernel's weights must be aligned: int4 data is repacked by prepare(), the rest read as is
+    state = mmap_safetensors(path / "model.safetensors", align=ALIGN, needs_align=lambda name: name.endswith(".weight"))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
     model.load_state_dict(state, strict=True, assign=True)
