@@ -28,11 +28,20 @@ def save_quantized(model: Gemma, path: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # safetensors aligns data to 8 bytes; the int8 kernel wants 64 (mmap_safetensors copies out what is not).
     # Padding the header's metadata so that the data starts 64-aligned keeps most tensors zero-copy.
+    # safetensors aligns data to 8 bytes; the int8 kernel wants its weights at 64 (mmap_safetensors copies
+    # out what is not). safetensors orders tensors by dtype (float32 ... int16, then int8, then uint8), so a
+    # padding int16 tensor that sorts last among int16 aligns the int8 block (whose sizes are multiples of
+    # 64 for real shapes), and padding in the metadata aligns the data's start.
     st = tmp / "model.safetensors"
     save_file(state, str(st), metadata={"format": "pt", "pad": ""})
-    pad = -_data_start(st) % ALIGN  # a multiple of 8 (the header is padded to 8): grows the header exactly
-    if pad:
-        save_file(state, str(st), metadata={"format": "pt", "pad": " " * pad})
+    start, offsets = _layout(st)
+    int8 = [offsets[k] for k, v in state.items() if v.dtype == torch.int8]
+    if int8 and min(int8) % ALIGN:
+        state[PAD] = torch.zeros(-min(int8) % ALIGN // 2, dtype=torch.int16)
+        save_file(state, str(st), metadata={"format": "pt", "pad": ""})
+        start, _ = _layout(st)
+    if start % ALIGN:  # a multiple of 8 (the header is padded to 8): grows the header by exactly that
+        save_file(state, str(st), metadata={"format": "pt", "pad": " " * (-start % ALIGN)})
     (tmp / "quantization.json").write_text(json.dumps(
         {**model.quantization, "config": model.config.to_dict()}, indent=2))
     shutil.rmtree(path, ignore_errors=True)
@@ -43,9 +52,15 @@ def save_quantized(model: Gemma, path: str | Path) -> Path:
 ALIGN = 64  # bytes: what the int8 GEMV kernel wants of its weights
 
 
-def _data_start(path: Path) -> int:
+PAD = "~alignment"  # the padding tensor's name (int16; sorts after every other int16 name)
+
+
+def _layout(path: Path) -> tuple[int, dict[str, int]]:
+    """Where a safetensors file's data starts, and each tensor's offset in it."""
     with open(path, "rb") as f:
-        return 8 + struct.unpack("<Q", f.read(8))[0]
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    return 8 + n, {k: v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
 
 
 def is_quantized_dir(path: Path) -> bool:
@@ -65,6 +80,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
                                 info.get("fused", False), formats=info.get("formats"))
     # only the int8 kernel's weights must be aligned: int4 data is repacked by prepare(), the rest read as is
     state = mmap_safetensors(path / "model.safetensors", align=ALIGN, needs_align=lambda name: name.endswith(".weight"))
+    state.pop(PAD, None)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
     model.load_state_dict(state, strict=True, assign=True)
