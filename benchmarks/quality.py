@@ -1,11 +1,11 @@
 """Quality of each inference mode of the default model: perplexity on held-out text vs the float32 model.
 
-    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,gguf,int4,int4-rtn,int4-emb4] [--group-size 32]
+    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,gguf,int4,int4-emb8,int4-rtn,int4-emb4]
                                  [--text stdlib|licenses|PATH]
 
-Modes: fp32, bf16, int8, int4 (GPTQ, int8 embedding), int4-rtn (round to nearest), and -emb4 for an int4
-embedding/output matrix too, -rescore for the int4+int8 output layer (scored in int4, best 64 recomputed in
-int8: perplexity over many rows is int8's; its decode path, <= 16 rows at a time, is reported too); gguf
+Modes: fp32, bf16, int8, int4 (GPTQ; the default int4+int8 output layer: scored in int4, best 64
+recomputed in int8, so perplexity over many rows is the int8 layer's, and its decode path, <= 16 rows at a
+time, is reported too), int4-rtn (round to nearest); -emb8 / -emb4 for an int8 / int4 output matrix; gguf
 (the GGUF's own quantization kept). The int4 modes take the file's Q4_K
 matrices as they are and round the others. Held-out text (--text): `stdlib`, the documentation strings of a fixed list of
 Python standard-library modules (ordinary technical English that every machine has; GPTQ calibrates on
@@ -30,12 +30,12 @@ MODULES = ["argparse", "collections", "json", "logging", "pathlib", "subprocess"
 
 
 def mode_kwargs(mode: str) -> dict:
-    """fp32 | bf16 | int8 | gguf | int4 (GPTQ, int8 embedding) | int4-rtn | ...-emb4 (int4 embedding/output)."""
+    """fp32 | bf16 | int8 | gguf | int4 (GPTQ) | int4-rtn | ...-emb8 / -emb4 (int8 / int4 output matrix)."""
     if mode in ("fp32", "bf16"):
         return {"dtype": "float32" if mode == "fp32" else "bfloat16"}
     quant, *flags = mode.split("-")
-    emb = next((f for f in flags if f.startswith("emb") or f == "rescore"), "emb")
-    emb = {"emb4": "int4", "emb8": "int8", "emb": "default", "rescore": "int4+int8"}[emb]
+    emb = next((f for f in flags if f.startswith("emb")), "emb")
+    emb = {"emb4": "int4", "emb8": "int8", "emb": "default"}[emb]
     return {"quantize": quant, "embedding_quantize": emb, "int4_method": "rtn" if "rtn" in flags else "gptq"}
 
 
@@ -85,7 +85,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,int4,int4-emb4")
+    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,int4,int4-emb8,int4-emb4")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--text", default="stdlib", help="stdlib | licenses | a text file")
     args = ap.parse_args()

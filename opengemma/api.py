@@ -159,13 +159,14 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
 
     quantize: None, "int8" (per channel), "int4" (groups of `group_size`) or "gguf" (for GGUF sources: each
     matrix kept as the file has it, 4-bit blocks as exact int4 groups of 32, 5-8-bit types as int8; see
-    weights.gguf.keep_formats): weight-only; the tied
-    embedding/output matrix is quantized as `embedding_quantize` says ("int8", "int4", None = float;
-    "int4+int8": decode scores tokens with an int4 copy and recomputes the best 64 from the int8 table,
-    quantize.RescoredEmbedding; "default" = int8, the quality choice, or the file's type with "gguf"). Activations in `dtype` (default bfloat16 when quantizing). The quantized
-    weights are cached, so only the first quantized load pays for quantizing. int4_method: "gptq" (rounding
-    errors corrected against the model's own activations on built-in calibration text, opengemma.calibration;
-    about 100 s the first time for the 270M model on 2 CPU cores, run on the GPU when loading to one), "rtn"
+    weights.gguf.keep_formats): weight-only; the tied embedding/output matrix is quantized as
+    `embedding_quantize` says ("int8", "int4", None = float; "int4+int8": decode scores tokens with an int4
+    copy and recomputes the best 64 from the int8 table, quantize.RescoredEmbedding; "default" = int4+int8
+    with int4, the file's type with "gguf", else int8). Activations in `dtype` (default bfloat16 when
+    quantizing). The quantized weights are cached, so only the first quantized load pays for quantizing.
+    int4_method: "gptq" (rounding errors corrected against the model's own activations on built-in
+    calibration text, opengemma.calibration; about 130 s the first time for the 270M model on 2 CPU cores,
+    run on the GPU when loading to one), "rtn"
     (round to nearest), or "auto": GPTQ on a GPU or for models under 1B parameters, else round to nearest
     (calibrating a 2B model on a few CPU cores would take most of an hour). compile: use the
     torch.compile'd decode step (None: on for CUDA, off for CPU where compiling costs ~40 s per shape).

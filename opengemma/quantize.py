@@ -368,9 +368,10 @@ class RescoredEmbedding(Int8Embedding):
 
 # -- swapping -----------------------------------------------------------------------------------------
 def default_embedding_mode(mode: str) -> str:
-    # The tied embedding/output table is the most sensitive matrix: int4 there costs about +10% perplexity on
-    # the default model (int8: +0.3%), so int4 mode keeps it in int8 unless asked (benchmarks/quality.py).
-    return "int8"
+    # The tied embedding/output table is the most sensitive matrix: int4 there costs +4-6 points of perplexity
+    # on the default model (benchmarks/quality.py), so it stays int8; int4 mode adds the int4 copy that
+    # makes decode read half of it (RescoredEmbedding: the int8 layer's top logits, at int4 speed).
+    return "int4+int8" if mode == "int4" else "int8"
 
 
 EMBEDDING_MODES = ("int8", "int4", "int4+int8")  # int4+int8: RescoredEmbedding
