@@ -398,7 +398,7 @@ def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, de
         return Int8Linear(k, n, dtype, device) if mode == "int8" else Int4Linear(k, n, group_size, dtype, device)
     if mode == "int8":
         return Int8Linear.from_float(w, dtype)
-    if exact is not None and exact[1].shape[1] * group_size == k:
+    if exact is not None and exact[1].shape[1] * group_size == k:  # (_swap's takes_exact)
         return Int4Linear.from_groups(*(t.to(w.device) for t in exact), dtype)
     return Int4Linear.from_float(w, group_size, dtype, hessian)
 
@@ -458,7 +458,11 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
         raise ValueError(f"unknown embedding quantization {embedding!r}; choose from {', '.join(EMBEDDING_MODES)} "
                          "or None")
     device = "meta" if meta else None
-    exact = exact or {}
+    exact, kept = exact or {}, []
+
+    def takes_exact(name: str, fmt: str, k: int) -> bool:  # an int4 matrix of the file's own group size
+        return fmt in ("int4", "int4+int8") and name in exact and exact[name][1].shape[1] * group_size == k
+
     with torch.no_grad():
         from tqdm import tqdm
 
@@ -473,10 +477,12 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
                     w = None if meta else child.weight.detach()
                     shape = (child.out_features, child.in_features)
                     h = (moments or {}).get(name)
+                    kept += [name] if takes_exact(name, fmt, shape[1]) else []
                     setattr(module, child_name, _linear(w, shape, fmt, group_size, dtype,
                                                         device or child.weight.device, h, exact.get(name)))
         if embedding and isinstance(model.embed, Embedding):
             w = None if meta else model.embed.weight.detach()
+            kept += ["embed"] if takes_exact("embed", embedding, model.embed.weight.shape[1]) else []
             model.embed = _embedding(w, tuple(model.embed.weight.shape), embedding, group_size, dtype,
                                      device or model.embed.weight.device, (moments or {}).get("embed"),
                                      exact.get("embed"))
@@ -487,8 +493,8 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
                           "embedding": embedding}
     if formats is not None:
         model.quantization["formats"] = dict(formats)
-    if exact:
-        model.quantization["exact_int4"] = sorted(exact)  # matrices taken as they were, not rounded
+    if kept:
+        model.quantization["exact_int4"] = sorted(kept)  # matrices taken as they were, not rounded
     return model
 
 
