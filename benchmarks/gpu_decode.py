@@ -69,15 +69,17 @@ def bytes_per_token(model) -> int:
     """Bytes a batch-1 decode step must read: every weight once (the tied embedding as the output matrix;
     int4 layers through their kernel layout), not the KV cache or RoPE tables."""
     from opengemma.model import KVCache
-    from opengemma.quantize import Int4Linear
+    from opengemma.quantize import RESCORE_K, Int4Linear, RescoredEmbedding
 
-    skip = set()
+    skip, total = set(), 0
     for m in model.modules():
         if isinstance(m, KVCache):
             skip.update(id(t) for t in m.buffers())
         if isinstance(m, Int4Linear):  # the portable copy is only read row-wise by the embedding lookup
             skip.update((id(m.qweight), id(m.scales), id(m.zeros)))
-    total = 0
+        if isinstance(m, RescoredEmbedding):  # of the int8 table, decode reads only the rescored rows
+            skip.update((id(m.table.weight), id(m.table.scales)))
+            total += RESCORE_K * (m.embedding_dim + m.table.scales.element_size())
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if id(t) not in skip and not name.startswith(("slot_pos", "inv_freq")):
             total += t.numel() * t.element_size()
@@ -172,7 +174,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip stages once this much time has passed")
     ap.add_argument("--skip", default="", help="comma list of stages to skip: transformers,batches,prefill")
-    ap.add_argument("--modes", default="bf16,int8,int4", help="decode modes at batch 1")
+    ap.add_argument("--modes", default="bf16,int8,int4,int4r",
+                    help="decode modes at batch 1 (int4: int8 output matrix; int4r: the int4+int8 output layer)")
     ap.add_argument("--no-cd-tuning", action="store_true",
                     help="compile without coordinate-descent tuning (one-row matmuls stay cuBLAS calls)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -218,7 +221,9 @@ def main() -> None:
         if mode != "bf16":
             from opengemma.quantize import quantize_model
 
-            model = quantize_model(copy.deepcopy(model), mode, group_size=32)
+            # int4: an int8 output matrix (as measured before); int4r: the int4+int8 output layer
+            model = quantize_model(copy.deepcopy(model), "int4" if mode == "int4r" else mode, group_size=32,
+                                   embedding="int4+int8" if mode == "int4r" else "int8")
         try:
             r = time_decode(model, batch, args.steps)
             if batch == 1:
@@ -298,8 +303,9 @@ def main() -> None:
         if device.type == "cuda":
             plan.append(("sdpa backends", sdpa_backends, 5))
         plan += [(f"{name} prefill", lambda n=name: prefill(n), 10) for name in names]
-    if "int4" in modes:
-        plan += [(f"{name} int4 batch 1", lambda n=name: decode(n, "int4"), 90) for name in names]
+    for mode in ("int4", "int4r"):
+        if mode in modes:
+            plan += [(f"{name} {mode} batch 1", lambda n=name, m=mode: decode(n, m), 90) for name in names]
     if "batches" not in skip:
         plan += [(f"{first} bf16 batch {b}", lambda b=b: decode(first, "bf16", b), 60)
                  for b in map(int, filter(None, args.batches.split(",")))]
