@@ -266,7 +266,7 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
     else:
         embedding = default_embedding_mode(mode) if embedding == "default" else embedding
     # the file's 4-bit blocks are taken as they are, not rounded again (read only when quantizing)
-    keep4 = gguf_path is not None and group_size == 32 and (mode == "gguf" or "int4" in f"{mode} {embedding}")
+    keep4 = gguf_path is not None and group_size == 32 and (mode in ("gguf", "int4") or embedding in ("int4", "int4+int8"))
     gptq = mode == "int4" and resolve_int4_method(int4_method, float_dir, device) == "gptq"
     if gptq and not (float_dir / "tokenizer.model").exists():
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "

@@ -392,13 +392,13 @@ def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype,
 
 
 def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None, exact=None):
-    """exact: (q, scales, zeros) of int4 groups of `group_size` that the weights already are (GGUF Q4 blocks)."""
+    """exact: (q, scales, zeros), the int4 groups the weights already are (GGUF Q4 blocks), taken as they are."""
     n, k = shape
     if w is None:
         return Int8Linear(k, n, dtype, device) if mode == "int8" else Int4Linear(k, n, group_size, dtype, device)
     if mode == "int8":
         return Int8Linear.from_float(w, dtype)
-    if exact is not None and exact[1].shape[1] * group_size == k:  # (_swap's takes_exact)
+    if exact is not None:
         return Int4Linear.from_groups(*(t.to(w.device) for t in exact), dtype)
     return Int4Linear.from_float(w, group_size, dtype, hessian)
 
@@ -460,8 +460,11 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
     device = "meta" if meta else None
     exact, kept = exact or {}, []
 
-    def takes_exact(name: str, fmt: str, k: int) -> bool:  # an int4 matrix of the file's own group size
-        return fmt in ("int4", "int4+int8") and name in exact and exact[name][1].shape[1] * group_size == k
+    def exact_for(name: str, fmt: str, k: int):  # the file's groups, for an int4 matrix of their group size
+        if fmt in ("int4", "int4+int8") and name in exact and exact[name][1].shape[1] * group_size == k:
+            kept.append(name)
+            return exact[name]
+        return None
 
     with torch.no_grad():
         from tqdm import tqdm
@@ -477,15 +480,12 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
                     w = None if meta else child.weight.detach()
                     shape = (child.out_features, child.in_features)
                     h = (moments or {}).get(name)
-                    kept += [name] if takes_exact(name, fmt, shape[1]) else []
-                    setattr(module, child_name, _linear(w, shape, fmt, group_size, dtype,
-                                                        device or child.weight.device, h, exact.get(name)))
+                    setattr(module, child_name, _linear(w, shape, fmt, group_size, dtype, device or child.weight.device,
+                                                        h, exact_for(name, fmt, shape[1])))
         if embedding and isinstance(model.embed, Embedding):
-            w = None if meta else model.embed.weight.detach()
-            kept += ["embed"] if takes_exact("embed", embedding, model.embed.weight.shape[1]) else []
-            model.embed = _embedding(w, tuple(model.embed.weight.shape), embedding, group_size, dtype,
-                                     device or model.embed.weight.device, (moments or {}).get("embed"),
-                                     exact.get("embed"))
+            w, shape = None if meta else model.embed.weight.detach(), tuple(model.embed.weight.shape)
+            model.embed = _embedding(w, shape, embedding, group_size, dtype, device or model.embed.weight.device,
+                                     (moments or {}).get("embed"), exact_for("embed", embedding, shape[1]))
         if not meta:  # remaining float parameters (norms, a float embedding) follow the activation dtype
             for p in model.parameters():
                 p.data = p.data.to(dtype)
@@ -527,7 +527,7 @@ def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.d
     mode "gguf": each matrix as formats[name] says (int8, int4 or float; "embed" for the embedding), what
     a GGUF file's own types map to (weights.gguf.keep_formats). exact: {name: (q, scales, zeros)} int4
     matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd."""
-    int4 = mode == "int4" or (formats is not None and "int4" in formats.values()) or "int4" in str(embedding)
+    int4 = mode == "int4" or "int4" in (formats or {}).values() or embedding in ("int4", "int4+int8")
     moments = input_moments(model, calibration, progress) if calibration is not None and int4 else None
     _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress,
           formats=formats, exact=exact)

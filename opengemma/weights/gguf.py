@@ -192,24 +192,24 @@ INT4_TYPES = ("Q4_0", "Q4_1", "Q4_K")  # 4-bit values with one scale and offset 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
-def _module_name(ours: str) -> str:
-    return ours.removesuffix(".weight")
-
-
 def _reader(src):
     """A GGUFReader from a path, or the reader itself (opening one parses the header: seconds for a vocabulary)."""
     return open_gguf(src) if isinstance(src, (str, Path)) else src
 
 
-def tensor_types(src) -> dict[str, str]:
-    """{opengemma module name ("layers.0.attn.q_proj", "embed", ...): ggml type name} of the 2-D weights.
+def _matrices(src):
+    """(opengemma module name ("layers.0.attn.q_proj", "embed", ...), GGUF tensor) of the file's matrices.
     src: a path or a GGUFReader."""
     reader = _reader(src)
-    cfg = config_from_gguf(reader)
     tensors = {t.name: t for t in reader.tensors}
-    full = expand_map(GGUF_MAP, cfg.n_layers)
-    return {_module_name(ours): tensors[theirs].tensor_type.name for ours, theirs in full.items()
-            if theirs in tensors and not is_norm(ours)}
+    for ours, theirs in expand_map(GGUF_MAP, config_from_gguf(reader).n_layers).items():
+        if theirs in tensors and not is_norm(ours):
+            yield ours.removesuffix(".weight"), tensors[theirs]
+
+
+def tensor_types(src) -> dict[str, str]:
+    """{opengemma module name: ggml type name} of the file's matrices (src: a path or a GGUFReader)."""
+    return {name: t.tensor_type.name for name, t in _matrices(src)}
 
 
 def keep_formats(types: dict[str, str]) -> dict[str, str]:
@@ -260,18 +260,13 @@ def int4_groups(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def load_int4_groups(src) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """int4_groups of every 4-bit-block weight of the file (a path or a GGUFReader), by opengemma module name."""
-    reader = _reader(src)
-    cfg = config_from_gguf(reader)
-    tensors = {t.name: t for t in reader.tensors}
     out = {}
-    for ours, theirs in expand_map(GGUF_MAP, cfg.n_layers).items():
-        t = tensors.get(theirs)
-        if t is not None and t.tensor_type.name in INT4_TYPES:
+    for name, t in _matrices(src):
+        if t.tensor_type.name in INT4_TYPES:
             try:
-                out[_module_name(ours)] = int4_groups(t)
+                out[name] = int4_groups(t)
             except ValueError as e:  # truncated data: the reshape fails
-                raise CheckpointError(f"{getattr(reader.data, 'filename', 'GGUF file')}: cannot read tensor {theirs} "
-                                      f"({t.tensor_type.name}): {e}") from None
+                raise CheckpointError(f"GGUF tensor {t.name} ({t.tensor_type.name}) cannot be read: {e}") from None
     return out
 
 
