@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from . import kernels
 from .calibration import CALIBRATION_ID, calibration_batches
 from .config import PRESETS, REAL_MODELS, GemmaConfig
 from .engine.generate import GenerationOutput, generate
@@ -154,7 +155,7 @@ class LLM:
 def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, progress: bool = True, quantize: str | None = None,
          group_size: int = 32, embedding_quantize: str | None = "default", compile: bool | None = None,
-         int4_method: str = "auto") -> LLM:
+         int4_method: str = "auto", gemv: bool = False) -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
     quantize: None, "int8" (per channel), "int4" (groups of `group_size`) or "gguf" (for GGUF sources: each
@@ -170,8 +171,12 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
     (round to nearest), or "auto": GPTQ on a GPU or for models under 1B parameters, else round to nearest
     (calibrating a 2B model on a few CPU cores would take most of an hour). compile: use the
     torch.compile'd decode step (None: on for CUDA, off for CPU where compiling costs ~40 s per shape).
+    gemv: on a GPU, products of at most 4 rows (decode) through opengemma's Triton GEMV kernel instead of
+    torch's (opengemma.kernels; needs Triton).
     """
     dev = resolve_device(device)
+    if gemv and dev.type != "cuda":
+        raise ValueError("gemv=True is for GPUs: the Triton GEMV kernel runs on CUDA devices")
     if quantize is not None and quantize not in QUANT_MODES:
         raise ValueError(f"unknown quantization {quantize!r}; choose from {', '.join(QUANT_MODES)}")
     if int4_method not in ("auto", "gptq", "rtn"):
@@ -207,6 +212,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
         float_dir = _dtype_variant(float_dir, dt)
     llm = _load_dir(float_dir, dt, dev, name=name, model=model)
     llm.compile = compile
+    if gemv:
+        kernels.set_gemv(llm.model)
     return llm
 
 

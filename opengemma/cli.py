@@ -29,6 +29,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on for CUDA and for serve, which compiles its "
                         "one shape at start-up; off for CPU generate/chat, where each new shape compiles ~40 s)")
+    p.add_argument("--gemv", action="store_true",
+                   help="GPU: decode's matrix-vector products through opengemma's Triton GEMV kernel (int8/int4 "
+                        "read directly) instead of torch's")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
@@ -127,7 +130,7 @@ def _load(args):
     from .api import load
 
     return load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
-                group_size=args.group_size, compile=args.compile, int4_method=args.int4_method,
+                group_size=args.group_size, compile=args.compile, int4_method=args.int4_method, gemv=args.gemv,
                 embedding_quantize={None: "default", "none": None}.get(args.embedding_quantize, args.embedding_quantize))
 
 

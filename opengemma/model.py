@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .config import LAYER_LOCAL, GemmaConfig
 
 
@@ -78,15 +79,25 @@ class KVCache(nn.Module):
         return ck, cv  # (B, K, S, D)
 
 
+class Linear(nn.Linear):
+    """nn.Linear (no bias in Gemma) whose few-row products can go to the Triton GEMV kernel on GPU
+    (kernels.set_gemv; off by default)."""
+    gemv = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear(x, self.weight) if self.gemv else F.linear(x, self.weight)
+
+
 class Embedding(nn.Embedding):
     """Token embedding that also serves as the tied output layer (logits = x @ E^T)."""
+    gemv = False
 
     def reset_parameters(self) -> None:
         if not self.weight.is_meta:  # random init on meta is pointless and costs a slow first-use import
             super().reset_parameters()
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return kernels.linear(x, self.weight) if self.gemv else F.linear(x, self.weight)
 
 
 class Attention(nn.Module):
@@ -98,10 +109,10 @@ class Attention(nn.Module):
         self.is_local = cfg.layer_types[layer_idx] == LAYER_LOCAL
         self.scale = cfg.query_pre_attn_scalar**-0.5  # Gemma 1: head_dim; Gemma 2/3: per model (P7)
         self.softcap = cfg.attn_softcap
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_proj = Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
@@ -157,9 +168,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: GemmaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_proj = Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = Linear(cfg.d_ff, cfg.d_model, bias=False)
         self.gate_up_proj: nn.Module | None = None  # optional fused gate|up projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +204,7 @@ class Gemma(nn.Module):
         self.embed = Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False)
         self.init_rope()
 
     def init_rope(self) -> None:

@@ -9,7 +9,9 @@ tied embedding/output matrix -> Int8Embedding / Int4Embedding. Activations stay 
 - int4: asymmetric, one scale and zero per group of `group_size` inputs; tinygemm's convention
   w = (q - 8) * scale + zero. Kernels: aten._weight_int4pack_mm_for_cpu / aten._weight_int4pack_mm (CUDA),
   which want the weights in their own packed layout; the portable form (two nibbles a byte, low first)
-  is kept only where rows must be read directly (the embedding lookup).
+  is what is saved, and what the embedding lookup reads.
+- GPU, optional (kernels.set_gemv): products of at most kernels.GEMV_MAX_M rows (decode) go to a Triton
+  GEMV kernel that reads int8 and portable int4 weights directly (opengemma/kernels.py).
 - int4 rounding: to nearest with a per-group clipping search, or GPTQ (gptq_int4) given each layer's input
   statistics on calibration text (input_moments; opengemma.calibration), which the loader does by default.
 """
@@ -20,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
 from .model import Embedding, Gemma
 
 MODES = ("int8", "int4")
@@ -159,6 +162,8 @@ def _int8_mm(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> to
 
 # -- modules ------------------------------------------------------------------------------------------
 class Int8Linear(nn.Module):
+    gemv = False  # few-row products through the Triton GEMV kernel on GPU (kernels.set_gemv)
+
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -175,7 +180,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, K)
-        y = _int8_mm(x2, self.weight, self.scales)
+        if self.gemv and kernels.available(x2) and kernels.supports(self.in_features):
+            y = kernels.gemv(x2, self.weight, kernels.INT8, self.scales)
+        else:
+            y = _int8_mm(x2, self.weight, self.scales)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:
@@ -197,6 +205,8 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
+    gemv = False  # few-row products through the Triton GEMV kernel, from the portable layout (kernels.set_gemv)
+
     def __init__(self, in_features: int, out_features: int, group_size: int = 64,
                  dtype: torch.dtype = torch.bfloat16, device=None):
         super().__init__()
@@ -266,7 +276,10 @@ class Int4Linear(nn.Module):
         if self.kernel_weight is None:
             raise RuntimeError("Int4Linear.prepare() was not called after loading (prepare_quantized(model))")
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
-        y = _int4_mm(x2, self.kernel_weight, self.group_size, self.kernel_sz)[:, : self.out_features]
+        if self.gemv and kernels.available(x2) and kernels.supports(self.in_features, self.group_size):
+            y = kernels.gemv(x2, self.qweight, kernels.INT4, self.scales, self.zeros, self.group_size)
+        else:
+            y = _int4_mm(x2, self.kernel_weight, self.group_size, self.kernel_sz)[:, : self.out_features]
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, opengemma's Triton kernels run on CPU tensors through Triton's interpreter (read when a
+# kernel is defined, so before opengemma.kernels is imported): tests/test_kernels.py checks them that way.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_addoption(parser):

@@ -1,0 +1,172 @@
+"""Triton GEMV: few-row products (decode at batch 1-4) against float, int8 or int4 weights on GPU.
+
+A decode step is a chain of matrix-vector products that only need to stream each weight once at full memory
+bandwidth. Generated code misses that on the largest ones (gemma-2b's down projection, K = 16,384 but only
+N = 2,048 rows, ran at half the bandwidth) and on int8, whose reductions ran slower than bf16's. Here one
+kernel covers the three weight formats the quantized modules keep:
+
+  FLOAT  weight (N, K) in bf16/fp16/fp32
+  INT8   weight (N, K) int8, per-row scales (N,)                         y = (x @ w^T) * s
+  INT4   qweight (N, K/2) uint8 (element 2j in the low nibble), scales and zeros (N, K/G) per group of G:
+         w = (q - 8) * s + z, so a group's share is s * (sum x q - 8 sum x) + z * sum x: the scale and zero
+         are applied once per group, not per element.
+
+The inputs' K axis runs in chunks (CHUNK elements; for int4 the quantization group), each chunk read as one
+contiguous vector per weight row; NG chunks per step. Long K and few rows (N * split small against the
+number of multiprocessors) are split along K into `split` partial sums, written side by side in float32 and
+added by the caller (deterministic: no atomics), so every multiprocessor has rows to stream. Tile shapes are
+autotuned per (N, K, format) on first use.
+
+Registered as a `torch.library.triton_op`, so torch.compile inlines the kernel into the decode step's graph
+(and its CUDA graph). With TRITON_INTERPRET=1 the same kernel runs on CPU tensors through Triton's
+interpreter: that is how the tests check it on machines without a GPU."""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn as nn
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: every caller falls back to torch's own kernels
+    triton = None
+
+FLOAT, INT8, INT4 = 0, 1, 2
+CHUNK = 32  # float/int8: K elements per contiguous chunk (int4: the quantization group)
+GEMV_MAX_M = 4  # rows (batch x tokens) up to which products go to the GEMV kernel; more use tensor cores
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton.jit reads it
+
+
+def available(x2: torch.Tensor) -> bool:
+    """Whether the GEMV kernel can take this (M, K) input: Triton installed, a GPU tensor (or the
+    interpreter on CPU), few rows."""
+    return (triton is not None and (x2.device.type == "cuda" or INTERPRET) and x2.dim() == 2
+            and 0 < x2.shape[0] <= GEMV_MAX_M)
+
+
+if triton is not None:
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M,
+                     N: tl.constexpr, K: tl.constexpr, FMT: tl.constexpr, GS: tl.constexpr, CH: tl.constexpr,
+                     M_PAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr):
+        # program (pid_n, pid_s): rows pid_n * BLOCK_N ..., chunks of split pid_s; out (SPLIT, M, N) float32
+        pid_n = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        per_split: tl.constexpr = K // GS // SPLIT  # chunks per split
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
+        n_ok = rn < N
+        rg = tl.arange(0, NG)
+        rc = tl.arange(0, CH)
+        rm = tl.arange(0, M_PAD)
+        end = (pid_s + 1) * per_split
+        acc = tl.zeros((M_PAD, BLOCK_N, NG), dtype=tl.float32)  # per row of x, per weight row, per chunk slot
+        for g0 in range(pid_s * per_split, end, NG):
+            g = g0 + rg  # (NG,) chunk indices
+            g_ok = g < end
+            w_ok = n_ok[:, None, None] & g_ok[None, :, None]
+            if FMT == 2:
+                b = tl.load(w_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * CH + rc[None, None, :],
+                            mask=w_ok, other=0)  # (BN, NG, CH) bytes: two weights each
+                lo = (b & 15).to(tl.float32)
+                hi = (b >> 4).to(tl.float32)
+                sg_ptr = rn[:, None] * (K // GS) + g[None, :]
+                sg_ok = n_ok[:, None] & g_ok[None, :]
+                sg = tl.load(s_ptr + sg_ptr, mask=sg_ok, other=0).to(tl.float32)  # (BN, NG)
+                zg = tl.load(z_ptr + sg_ptr, mask=sg_ok, other=0).to(tl.float32)
+            else:
+                w = tl.load(w_ptr + rn[:, None, None] * K + g[None, :, None] * GS + rc[None, None, :],
+                            mask=w_ok, other=0).to(tl.float32)  # (BN, NG, CH)
+            for m in tl.static_range(M_PAD):  # the weight tile is read once for all rows of x
+                x_ok = g_ok[:, None]
+                # rows past M (padding to M_PAD) re-read the last row: never stored, no mask needed
+                xk = x_ptr + tl.minimum(m, M - 1) * K + g[:, None] * GS  # (NG, 1) chunk starts
+                if FMT == 2:
+                    xe = tl.load(xk + 2 * rc[None, :], mask=x_ok, other=0).to(tl.float32)  # (NG, CH) even k
+                    xo = tl.load(xk + 2 * rc[None, :] + 1, mask=x_ok, other=0).to(tl.float32)  # odd k
+                    dot = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # (BN, NG)
+                    xs = tl.sum(xe + xo, axis=1)  # (NG,)
+                    part = sg * (dot - 8.0 * xs[None, :]) + zg * xs[None, :]
+                else:
+                    xm = tl.load(xk + rc[None, :], mask=x_ok, other=0).to(tl.float32)  # (NG, CH)
+                    part = tl.sum(w * xm[None, :, :], axis=2)  # (BN, NG)
+                acc += tl.where(rm[:, None, None] == m, part[None, :, :], 0.0)
+        res = tl.sum(acc, axis=2)  # (M_PAD, BN)
+        if FMT == 1:
+            res = res * tl.load(s_ptr + rn, mask=n_ok, other=0).to(tl.float32)[None, :]
+        out = out_ptr + (pid_s * M + rm[:, None]) * N + rn[None, :]
+        tl.store(out, res, mask=(rm[:, None] < M) & n_ok[None, :])
+
+    # Tile shapes: rows per program x chunks per step; 4-8 warps. Few enough to tune in seconds per shape.
+    _CONFIGS = [triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=s)
+                for bn, ng, w, s in [(8, 8, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3), (32, 4, 4, 3),
+                                     (32, 8, 8, 3), (64, 4, 8, 3), (8, 16, 4, 3), (16, 16, 8, 2)]]
+    _gemv_tuned = triton.autotune(_CONFIGS, key=["N", "K", "FMT", "GS", "M_PAD", "SPLIT"])(_gemv_kernel)
+
+    @torch.library.triton_op("opengemma::gemv", mutates_args=())
+    def _gemv_op(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 fmt: int, group_size: int, split: int) -> torch.Tensor:
+        M, K = x2.shape
+        N = weight.shape[0]
+        out = torch.empty((split, M, N), dtype=torch.float32, device=x2.device)
+        meta = dict(N=N, K=K, FMT=fmt, GS=group_size, CH=group_size // 2 if fmt == INT4 else group_size,
+                    M_PAD=triton.next_power_of_2(M), SPLIT=split)
+        if INTERPRET:  # the interpreter cannot time configs: one fixed tile
+            torch.library.wrap_triton(_gemv_kernel)[(triton.cdiv(N, 16), split)](
+                x2, weight, scales, zeros, out, M, **meta, BLOCK_N=16, NG=4)
+        else:
+            torch.library.wrap_triton(_gemv_tuned)[lambda c: (triton.cdiv(N, c["BLOCK_N"]), split)](
+                x2, weight, scales, zeros, out, M, **meta)
+        return out
+
+
+def split_k(N: int, K: int, group_size: int, sms: int) -> int:
+    """Partial sums along K so that rows x splits give every multiprocessor work (about 64 rows per SM),
+    keeping at least 8 chunks per split; a power of two dividing K's chunk count."""
+    chunks, split = K // group_size, 1
+    while N * split < 64 * sms and chunks % (2 * split) == 0 and chunks // (2 * split) >= 8:
+        split *= 2
+    return split
+
+
+@functools.lru_cache(maxsize=None)
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def gemv(x2: torch.Tensor, weight: torch.Tensor, fmt: int = FLOAT, scales: torch.Tensor | None = None,
+         zeros: torch.Tensor | None = None, group_size: int = CHUNK) -> torch.Tensor:
+    """x2 (M, K) against weight rows (N, K) in format fmt: (M, N) in x2's dtype (accumulated in float32).
+    Callers check `available(x2)` and `supports(K, group_size)` first."""
+    K, N = x2.shape[1], weight.shape[0]
+    split = split_k(N, K, group_size, _sms(x2.device))
+    s = scales if scales is not None else weight  # unused pointers for the float format
+    z = zeros if zeros is not None else s
+    out = torch.ops.opengemma.gemv(x2.contiguous(), weight, s, z, fmt, group_size, split)
+    return (out[0] if split == 1 else out.sum(0)).to(x2.dtype)
+
+
+def supports(K: int, group_size: int = CHUNK) -> bool:
+    return K % group_size == 0 and group_size & (group_size - 1) == 0
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear without bias, through the GEMV kernel where it applies."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if available(x2) and supports(x2.shape[1]):
+        return gemv(x2.to(weight.dtype), weight).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+    return nn.functional.linear(x, weight)
+
+
+def set_gemv(model: nn.Module, on: bool = True) -> nn.Module:
+    """Route the few-row products of every module that can take the kernel (model.Linear, the embedding's
+    output layer, Int8Linear, Int4Linear) through it (on) or through torch's kernels (off). Per module, so a
+    compiled step sees a constant."""
+    if on and triton is None:
+        raise RuntimeError("gemv kernels need Triton (pip install triton; it comes with CUDA builds of torch)")
+    for m in model.modules():
+        if hasattr(type(m), "gemv"):
+            m.gemv = on
+    return model

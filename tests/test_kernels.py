@@ -1,0 +1,111 @@
+"""The Triton GEMV kernel (opengemma/kernels.py) against float64 matmuls, and the modules that route their
+few-row products through it. Without a GPU it runs through Triton's interpreter on CPU tensors (conftest sets
+TRITON_INTERPRET=1): same kernel source, same index arithmetic and masks; the GPU tier (test_cuda.py) runs it
+compiled, inside the CUDA-graph decode step."""
+import copy
+
+import pytest
+import torch
+
+from opengemma import kernels
+from opengemma.engine.generate import generate
+from opengemma.model import Linear
+from opengemma.quantize import (Int4Linear, Int8Linear, dequantize_int4, pack_int4, quantize_int4, quantize_int8,
+                                quantize_model)
+from hf_utils import tiny_model
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available() and not kernels.INTERPRET,
+                                reason="on a GPU, test_cuda.py runs the compiled kernel")
+
+
+def reference(fmt, x, w, group_size):
+    """float64 x @ W^T of what the kernel is given (weights as stored), and the kernel's arguments."""
+    if fmt == kernels.FLOAT:
+        wb = w.bfloat16()
+        return x.double() @ wb.double().T, (wb, wb, wb)
+    if fmt == kernels.INT8:
+        q, s = quantize_int8(w)
+        s = s.bfloat16()
+        return (x.double() @ q.double().T) * s.double(), (q, s, s)
+    q, s, z = quantize_int4(w, group_size)
+    s, z = s.bfloat16(), z.bfloat16()
+    return x.double() @ dequantize_int4(q, s, z).double().T, (pack_int4(q), s, z)
+
+
+@pytest.mark.parametrize("fmt", [kernels.FLOAT, kernels.INT8, kernels.INT4])
+@pytest.mark.parametrize("M,N,K,group_size,split", [
+    (1, 40, 256, 32, 1),     # N not a multiple of the 16-row tile
+    (3, 24, 512, 64, 2),     # rows padded to 4, two partial sums
+    (4, 17, 1024, 32, 4),    # chunks per split (8) not a multiple of the 4 chunks a step: masked tail
+    (2, 33, 2048, 128, 8),   # int4 groups of 128
+])
+def test_gemv_equals_float64_matmul(fmt, M, N, K, group_size, split):
+    gs = group_size if fmt == kernels.INT4 else kernels.CHUNK
+    if K // gs % split:
+        split = 1
+    x = torch.randn(M, K).bfloat16()
+    ref, (w, s, z) = reference(fmt, x, torch.randn(N, K), gs)
+    out = torch.ops.opengemma.gemv(x, w, s, z, fmt, gs, split)  # (split, M, N) float32 partial sums
+    assert out.shape == (split, M, N)
+    # float32 accumulation of K products: error ~ sqrt(K) * eps32 * |terms|, far below bf16 rounding
+    assert (out.double().sum(0) - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_split_k_gives_every_multiprocessor_rows_and_divides_k():
+    # gemma-2b on an H100/H200 (132 SMs): the down projection (2,048 rows, K = 16,384) splits 8 ways, the
+    # output matrix (256,000 rows) not at all
+    assert kernels.split_k(2048, 16384, 32, 132) == 8
+    assert kernels.split_k(256000, 2048, 32, 132) == 1
+    assert kernels.split_k(2048, 2048, 32, 132) == 8  # capped: at least 8 chunks (256 elements) per split
+    for N, K in [(2560, 2048), (3072, 24576), (100, 96), (7, 64 * 1024)]:
+        s = kernels.split_k(N, K, 32, 132)
+        assert s & (s - 1) == 0 and (K // 32) % s == 0 and (s == 1 or K // 32 // s >= 8)
+
+
+def close(a, b, rel):
+    return (a.float() - b.float()).abs().max() <= rel * b.float().abs().max()
+
+
+@pytest.mark.parametrize("M", [1, 2, 4, 5])
+def test_modules_route_few_rows_through_the_kernel(M, monkeypatch):
+    calls = []
+    real = kernels.gemv
+    monkeypatch.setattr(kernels, "gemv", lambda *a, **k: calls.append(a[2] if len(a) > 2 else 0) or real(*a, **k))
+    w = torch.randn(96, 128)
+    x = torch.randn(M, 128).bfloat16()
+    flin = Linear(128, 96, bias=False).bfloat16()
+    flin.weight.data.copy_(w)
+    mods = [flin, Int8Linear.from_float(w, torch.bfloat16), Int4Linear.from_float(w, 32, torch.bfloat16)]
+    mods[2].prepare()
+    for mod in mods:
+        off = mod(x)
+        mod.gemv = True
+        on = mod(x)
+        assert on.dtype == off.dtype == torch.bfloat16 and on.shape == (M, 96)
+        assert close(on, off, 0.02)  # the two paths round differently in bf16; both are the layer's product
+    # M <= GEMV_MAX_M goes to the kernel in each format; more rows use torch's kernels
+    assert calls == ([kernels.FLOAT, kernels.INT8, kernels.INT4] if M <= kernels.GEMV_MAX_M else [])
+
+
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+def test_model_with_gemv_gives_the_same_logits_and_tokens(mode):
+    model = tiny_model("tiny-gemma3", std=0.3)
+    if mode is not None:
+        model = quantize_model(model, mode, group_size=32, dtype=torch.float32, embedding=mode)
+    gm = kernels.set_gemv(copy.deepcopy(model))
+    flags = [m.gemv for m in gm.modules() if hasattr(type(m), "gemv")]
+    assert flags and all(flags) and not any(m.gemv for m in model.modules() if hasattr(type(m), "gemv"))
+    tok = torch.tensor([[2, 17, 99, 5]])
+    with torch.inference_mode():  # one row at a time: the kernel's shapes in decode
+        for t in range(tok.shape[1]):
+            a, b = model(tok[:, : t + 1])[:, -1], gm(tok[:, : t + 1])[:, -1]
+            assert close(b, a, 1e-4)  # float32 activations: only the summation order differs
+    prompts = [[2, 7, 8, 9], [2, 40, 41]]  # batch of 2 ragged rows: M = 2 in every decode product
+    ref = [o.tokens for o in generate(model, prompts, max_new_tokens=6)]
+    assert [o.tokens for o in generate(gm, prompts, max_new_tokens=6)] == ref
+
+
+def test_set_gemv_off_restores_torch_kernels():
+    model = kernels.set_gemv(tiny_model("tiny-gemma"))
+    kernels.set_gemv(model, False)
+    assert not any(m.gemv for m in model.modules() if hasattr(type(m), "gemv"))
