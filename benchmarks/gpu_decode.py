@@ -8,7 +8,8 @@ roofline and transformers' eager generate, measured in the same run.
 Measures, in order of importance (a lent GPU has minutes, so each stage checks --budget-s first and the
 results file is rewritten after every stage): the copy bandwidth (device-to-device copy of 2 GiB, bytes
 read + written); per model the roofline tok/s = bandwidth / bytes read per token; opengemma batch-1 decode
-(compiled step + CUDA graphs) in bf16, int8 and int4 (group 32, output matrix int8); transformers eager
+(compiled step + CUDA graphs) in bf16, int8 and int4 (group 32, output matrix int8), each also with the
+Triton GEMV kernel (mode suffix -gemv, opengemma/kernels.py); transformers eager
 generate at batch 1; decode throughput at larger batches; prefill tok/s of a 2048-token prompt. Compile
 times, and whether any CUDA graph was skipped, are recorded too. Writes <out>/gpu_decode.json and, on a
 GPU, a kernel profile of a few bf16 decode steps (<out>/gpu_profile_<model>.txt).
@@ -174,8 +175,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip stages once this much time has passed")
     ap.add_argument("--skip", default="", help="comma list of stages to skip: transformers,batches,prefill")
-    ap.add_argument("--modes", default="bf16,int8,int4,int4r",
-                    help="decode modes at batch 1 (int4: int8 output matrix; int4r: the int4+int8 output layer)")
+    ap.add_argument("--modes", default="bf16,bf16-gemv,int8,int8-gemv,int4,int4-gemv,int4r,int4r-gemv",
+                    help="decode modes at batch 1 (int4: int8 output matrix; int4r: the int4+int8 output layer; "
+                         "-gemv: products through opengemma's Triton GEMV kernel, opengemma/kernels.py)")
     ap.add_argument("--no-cd-tuning", action="store_true",
                     help="compile without coordinate-descent tuning (one-row matmuls stay cuBLAS calls)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -217,13 +219,17 @@ def main() -> None:
         return value
 
     def decode(name, mode, batch=1):
+        from opengemma.kernels import set_gemv
+
         model = models[name]
-        if mode != "bf16":
+        base, gemv = mode.removesuffix("-gemv"), mode.endswith("-gemv")  # -gemv: the Triton GEMV kernel
+        if base != "bf16":
             from opengemma.quantize import quantize_model
 
             # int4: an int8 output matrix (as measured before); int4r: the int4+int8 output layer
-            model = quantize_model(copy.deepcopy(model), "int4" if mode == "int4r" else mode, group_size=32,
-                                   embedding="int4+int8" if mode == "int4r" else "int8")
+            model = quantize_model(copy.deepcopy(model), "int4" if base == "int4r" else base, group_size=32,
+                                   embedding="int4+int8" if base == "int4r" else "int8")
+        set_gemv(model, gemv)
         try:
             r = time_decode(model, batch, args.steps)
             if batch == 1:
@@ -231,11 +237,12 @@ def main() -> None:
                 r["roofline_tok_s"] = bw / bytes_per_token(model)
                 r["vs_roofline"] = r["tok_s"] / r["roofline_tok_s"]
             results["models"][name][f"{mode}_batch{batch}"] = r
-            if mode == "bf16" and batch == 1 and device.type == "cuda":
-                profile_decode(model, out / f"gpu_profile_{name}.txt")
+            if base == "bf16" and batch == 1 and device.type == "cuda":
+                profile_decode(model, out / f"gpu_profile_{name}{'_gemv' if gemv else ''}.txt")
             return r
         finally:
-            if mode != "bf16":
+            set_gemv(model, False)
+            if base != "bf16":
                 del model
                 gc.collect()
                 torch.cuda.empty_cache() if device.type == "cuda" else None
@@ -293,17 +300,19 @@ def main() -> None:
     plan = []
     modes = args.modes.split(",")
     for name in names:
-        if "bf16" in modes:
-            plan.append((f"{name} bf16 batch 1", lambda n=name: decode(n, "bf16"), 90))
+        for mode in ("bf16", "bf16-gemv"):
+            if mode in modes:
+                plan.append((f"{name} {mode} batch 1", lambda n=name, m=mode: decode(n, m), 90))
         if "transformers" not in skip:
             plan.append((f"{name} transformers eager", lambda n=name: hf(n), 30))
-    if "int8" in modes:
-        plan += [(f"{name} int8 batch 1", lambda n=name: decode(n, "int8"), 90) for name in names]
+    for mode in ("int8-gemv", "int8"):
+        if mode in modes:
+            plan += [(f"{name} {mode} batch 1", lambda n=name, m=mode: decode(n, m), 90) for name in names]
     if "prefill" not in skip:
         if device.type == "cuda":
             plan.append(("sdpa backends", sdpa_backends, 5))
         plan += [(f"{name} prefill", lambda n=name: prefill(n), 10) for name in names]
-    for mode in ("int4", "int4r"):
+    for mode in ("int4-gemv", "int4r-gemv", "int4", "int4r"):
         if mode in modes:
             plan += [(f"{name} {mode} batch 1", lambda n=name, m=mode: decode(n, m), 90) for name in names]
     if "batches" not in skip:

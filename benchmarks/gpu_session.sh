@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should check, in one go (a lent machine has minutes): the GPU test tier (about a
-# dozen compiles of tiny models, 20-60 s each on an H200), then the decode benchmark under a time budget
-# (BUDGET seconds; the first gemma-2b compile alone takes ~70 s). Logs and JSON go to $OUT.
+# Everything a lent GPU should check, most important first, in one go (a lent machine has minutes; one
+# command may run 10): quick eager checks of the CUDA kernels (the Triton GEMV kernel included), the GEMV
+# kernel against torch's per product, the decode benchmark (bf16 vs the GEMV kernel in bf16/int8/int4, same
+# run): about 9 minutes, under the 10 a lent machine's command may take. FULL_TIER=1 (best as a second call)
+# then runs the whole GPU test tier (about a dozen compiles of tiny models, 20-60 s each). Logs, JSON: $OUT.
 #   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root
+#   FULL_TIER=1 QUICK_TIMEOUT=0 GEMV_TIMEOUT=0 BENCH_TIMEOUT=0 bash benchmarks/gpu_session.sh   # the tier only
+#   MODES=bf16,int8,int4,int4r MODELS=gemma-2b bash benchmarks/gpu_session.sh   # other decode modes
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+T0=$SECONDS
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-timeout "${TEST_TIMEOUT:-360}" $PY -m pytest --run-cuda -m cuda tests/test_cuda.py -q -p no:cacheprovider \
-  -W ignore::DeprecationWarning 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-timeout "${BENCH_TIMEOUT:-420}" $PY benchmarks/gpu_decode.py --budget-s "${BUDGET:-390}" --out "$OUT" 2>&1 \
-  | grep -v -i warn | tee "$OUT/gpu_bench.log" | grep -v '^ \|^{\|^}'
+$PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
+TIER=(-m pytest --run-cuda -m cuda tests/test_cuda.py -q -p no:cacheprovider -W ignore::DeprecationWarning)
+timeout "${QUICK_TIMEOUT:-90}" $PY "${TIER[@]}" -k "eager or gemv_kernel" 2>&1 | tee "$OUT/gpu_quick_tests.log" | tail -8
+echo "[$((SECONDS - T0))s] GEMV kernel per product"
+timeout "${GEMV_TIMEOUT:-150}" $PY benchmarks/gpu_gemv.py --models "${MODELS:-gemma-2b,gemma-7b}" --budget-s 130 \
+  --out "$OUT" 2>&1 | grep -v -i warn | tee "$OUT/gpu_gemv.log"
+echo "[$((SECONDS - T0))s] decode"
+timeout "${BENCH_TIMEOUT:-300}" $PY benchmarks/gpu_decode.py --models "${MODELS:-gemma-2b,gemma-7b}" \
+  --modes "${MODES:-bf16,bf16-gemv,int8-gemv,int4-gemv,int4r-gemv}" --skip "${SKIP:-transformers,batches}" \
+  --budget-s "${BUDGET:-270}" --out "$OUT" 2>&1 | grep -v -i warn | tee "$OUT/gpu_bench.log" | grep -v '^ \|^{\|^}'
+if [ "${FULL_TIER:-0}" = 1 ]; then
+  echo "[$((SECONDS - T0))s] GPU test tier"
+  timeout "${TEST_TIMEOUT:-480}" $PY "${TIER[@]}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
+fi
+echo "[$((SECONDS - T0))s] done"

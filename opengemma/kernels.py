@@ -22,7 +22,6 @@ Registered as a `torch.library.triton_op`, so torch.compile inlines the kernel i
 interpreter: that is how the tests check it on machines without a GPU."""
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -105,21 +104,29 @@ if triton is not None:
                                      (32, 8, 8, 3), (64, 4, 8, 3), (8, 16, 4, 3), (16, 16, 8, 2)]]
     _gemv_tuned = triton.autotune(_CONFIGS, key=["N", "K", "FMT", "GS", "M_PAD", "SPLIT"])(_gemv_kernel)
 
-    @torch.library.triton_op("opengemma::gemv", mutates_args=())
-    def _gemv_op(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 fmt: int, group_size: int, split: int) -> torch.Tensor:
+    def _gemv_run(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, fmt: int,
+                  group_size: int, split: int) -> torch.Tensor:
         M, K = x2.shape
         N = weight.shape[0]
         out = torch.empty((split, M, N), dtype=torch.float32, device=x2.device)
         meta = dict(N=N, K=K, FMT=fmt, GS=group_size, CH=group_size // 2 if fmt == INT4 else group_size,
                     M_PAD=triton.next_power_of_2(M), SPLIT=split)
         if INTERPRET:  # the interpreter cannot time configs: one fixed tile
-            torch.library.wrap_triton(_gemv_kernel)[(triton.cdiv(N, 16), split)](
-                x2, weight, scales, zeros, out, M, **meta, BLOCK_N=16, NG=4)
+            _gemv_kernel[(triton.cdiv(N, 16), split)](x2, weight, scales, zeros, out, M, **meta, BLOCK_N=16, NG=4)
         else:
             torch.library.wrap_triton(_gemv_tuned)[lambda c: (triton.cdiv(N, c["BLOCK_N"]), split)](
                 x2, weight, scales, zeros, out, M, **meta)
         return out
+
+    if not INTERPRET:  # a triton_op: torch.compile sees the kernel and inlines it into the step's graph
+        torch.library.triton_op("opengemma::gemv", _gemv_run, mutates_args=())
+    else:  # the interpreter's kernel cannot be traced: an opaque op with a shape-only fake, so a compiled
+        # step on CPU still checks the modules' dispatch in one graph
+        gemv_op = torch.library.custom_op("opengemma::gemv", _gemv_run, mutates_args=())
+
+        @gemv_op.register_fake
+        def _(x2, weight, scales, zeros, fmt, group_size, split):
+            return x2.new_empty((split, x2.shape[0], weight.shape[0]), dtype=torch.float32)
 
 
 def split_k(N: int, K: int, group_size: int, sms: int) -> int:
@@ -131,7 +138,7 @@ def split_k(N: int, K: int, group_size: int, sms: int) -> int:
     return split
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # traced as a constant: the step's graph holds no device query
 def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 

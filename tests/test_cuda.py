@@ -170,3 +170,36 @@ def test_cuda_quantized_model_matches_the_cpu_kernels_and_compiles(mode, embeddi
     e, c = outs["eager"], outs["compiled"]
     assert (e - c).abs().max() <= 0.05 * e.abs().max()
     assert (e.argmax(-1) == c.argmax(-1)).float().mean() >= 0.9
+
+
+# -- the Triton GEMV kernel (opengemma/kernels.py): compiled for the GPU, autotuned ----------------------------
+@pytest.mark.parametrize("fmt", [0, 1, 2])
+@pytest.mark.parametrize("M,N,K", [(1, 2048, 16384), (3, 2560, 2048), (1, 1000, 640)])
+def test_cuda_gemv_kernel_equals_float64(fmt, M, N, K):
+    from opengemma import kernels
+    from test_kernels import reference
+
+    gs = 32
+    x = torch.randn(M, K).bfloat16()
+    ref, args = reference(fmt, x, torch.randn(N, K), gs)
+    w, s, z = (a.to(DEV) for a in args)
+    y = kernels.gemv(x.to(DEV), w, fmt, s, z, gs)
+    assert y.dtype == torch.bfloat16 and y.shape == (M, N)
+    assert (y.double().cpu() - ref).abs().max() <= 0.01 * ref.abs().max()  # bf16 output rounding
+
+
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+def test_cuda_gemv_decode_compiled_equals_eager_in_one_graph(mode):
+    from opengemma import kernels
+
+    model = tiny(std=0.1, **WIDE)
+    if mode is not None:
+        model = quantize_model(model, mode, group_size=32, embedding=mode)
+    model = kernels.set_gemv(model.to(DEV).to(torch.bfloat16) if mode is None else model.to(DEV))
+    prepare_quantized(model)
+    skips = cudagraph_skips()
+    for prompts in (PROMPTS[:2], PROMPTS[:1]):  # M = 2 and M = 1 in every product of the decode step
+        eager = generate(model, prompts, max_new_tokens=16, compile=False)
+        compiled = generate(model, prompts, max_new_tokens=16, compile=True)
+        assert [o.tokens for o in compiled] == [o.tokens for o in eager]
+    assert cudagraph_skips() == skips, "the decode step with the Triton kernel fell back from CUDA graphs"

@@ -150,6 +150,7 @@ def test_gguf_mode_keeps_the_files_quantization(tmp_path, monkeypatch):
     """quantize="gguf": 4-bit blocks become int4 groups holding the file's exact values (no re-rounding),
     5-8-bit types int8, float tensors stay float; fusion only joins matrices of one format; cached."""
     from opengemma.quantize import Int4Linear, Int8Embedding, Int8Linear
+    from opengemma.model import Linear
 
     monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
     model = random_model("tiny-gemma3")
@@ -165,7 +166,7 @@ def test_gguf_mode_keeps_the_files_quantization(tmp_path, monkeypatch):
     l0, l1 = m.layers[0], m.layers[1]
     assert isinstance(l0.attn.qkv_proj, Int4Linear)  # Q4_0, Q4_0, Q4_1: one format, fused
     assert isinstance(l0.mlp.down_proj, Int8Linear) and isinstance(m.embed, Int8Embedding)
-    assert type(l1.attn.o_proj) is torch.nn.Linear and l1.attn.o_proj.weight.dtype == torch.float32
+    assert type(l1.attn.o_proj) is Linear and l1.attn.o_proj.weight.dtype == torch.float32
     assert l1.attn.qkv_proj is None and isinstance(l1.attn.k_proj, Int8Linear)  # Q4_0 | Q5_0 | Q4_0: not fused
     assert isinstance(l1.attn.q_proj, Int4Linear) and isinstance(l1.mlp.gate_up_proj, Int4Linear)
     int4 = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, Int4Linear)]
