@@ -60,11 +60,10 @@ if triton is not None:
         rg = tl.arange(0, NG)
         rc = tl.arange(0, CH)
         rm = tl.arange(0, M_PAD)
-        end = (pid_s + 1) * per_split
         acc = tl.zeros((M_PAD, BLOCK_N, NG), dtype=tl.float32)  # per row of x, per weight row, per chunk slot
-        for g0 in range(pid_s * per_split, end, NG):
-            g = g0 + rg  # (NG,) chunk indices
-            g_ok = g < end
+        for i in range(0, per_split, NG):  # a trip count known at compile time
+            g_ok = i + rg < per_split
+            g = pid_s * per_split + i + rg  # (NG,) chunk indices
             w_ok = n_ok[:, None, None] & g_ok[None, :, None]
             if FMT == 2:
                 b = tl.load(w_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * CH + rc[None, None, :],
