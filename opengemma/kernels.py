@@ -27,16 +27,18 @@ import os
 import torch
 import torch.nn as nn
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: every caller falls back to torch's own kernels
-    triton = None
-
 FLOAT, INT8, INT4 = 0, 1, 2
 CHUNK = 32  # float/int8: K elements per contiguous chunk (int4: the quantization group)
 GEMV_MAX_M = 4  # rows (batch x tokens) up to which products go to the GEMV kernel; more use tensor cores
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton.jit reads it
+
+triton = None
+if torch.cuda.is_available() or INTERPRET:  # importing Triton costs ~150 MB of memory: not on CPU-only runs
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:  # every caller falls back to torch's own kernels
+        triton = None
 
 
 def available(x2: torch.Tensor) -> bool:
@@ -137,9 +139,14 @@ def split_k(N: int, K: int, group_size: int, sms: int) -> int:
     return split
 
 
-@torch.compiler.assume_constant_result  # traced as a constant: the step's graph holds no device query
+_SMS: dict[tuple[str, int | None], int] = {}  # multiprocessors per device, filled eagerly (set_gemv, first call)
+
+
 def _sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    key = (device.type, device.index)
+    if key not in _SMS:
+        _SMS[key] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    return _SMS[key]
 
 
 def gemv(x2: torch.Tensor, weight: torch.Tensor, fmt: int = FLOAT, scales: torch.Tensor | None = None,
@@ -171,8 +178,11 @@ def set_gemv(model: nn.Module, on: bool = True) -> nn.Module:
     output layer, Int8Linear, Int4Linear) through it (on) or through torch's kernels (off). Per module, so a
     compiled step sees a constant."""
     if on and triton is None:
-        raise RuntimeError("gemv kernels need Triton (pip install triton; it comes with CUDA builds of torch)")
+        raise RuntimeError("the GEMV kernel needs a GPU and Triton (pip install triton; CUDA builds of torch "
+                           "bring it)")
     for m in model.modules():
         if hasattr(type(m), "gemv"):
             m.gemv = on
+    for t in model.parameters():  # a traced step then reads a number, never queries the device
+        _sms(t.device)
     return model
