@@ -11,8 +11,10 @@ kernel covers the three weight formats the quantized modules keep:
          w = (q - 8) * s + z, so a group's share is s * (sum x q - 8 sum x) + z * sum x: the scale and zero
          are applied once per group, not per element.
 
-The inputs' K axis runs in chunks (CHUNK elements; for int4 the quantization group), each chunk read as one
-contiguous vector per weight row; NG chunks per step. Long K and few rows (N * split small against the
+A program streams BLOCK_N weight rows through NG chunks of K per step (CHUNK elements; for int4 a
+quantization group, one 16-byte vector at G = 32). Float and int8 products accumulate elementwise and reduce
+once at the end; int4 reduces each group in-thread, then applies its scale and zero. Each row of x (up to 4)
+has its own accumulator, so the weight tile is read once for all of them. Long K and few rows (N * split small against the
 number of multiprocessors) are split along K into `split` partial sums, written side by side in float32 and
 added by the caller (deterministic: no atomics), so every multiprocessor has rows to stream. Tile shapes are
 autotuned per (N, K, format) on first use.
@@ -50,54 +52,87 @@ def available(x2: torch.Tensor) -> bool:
 
 if triton is not None:
     @triton.jit
+    def _int4_part(x_row, g, g_ok, rc, lo, hi, s, z, GS: tl.constexpr):
+        """One row of x against a tile of int4 groups: (BN, NG) group sums s * (x.q - 8 sum x) + z * sum x."""
+        xk = x_row + g[:, None] * GS + 2 * rc[None, :]  # (NG, CH) even k; odd k one further
+        xe = tl.load(xk, mask=g_ok[:, None], other=0).to(tl.float32)
+        xo = tl.load(xk + 1, mask=g_ok[:, None], other=0).to(tl.float32)
+        dot = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # in-thread: a group is one vector
+        xs = tl.sum(xe + xo, axis=1)  # (NG,)
+        return s * (dot - 8.0 * xs[None, :]) + z * xs[None, :]
+
+    @triton.jit
+    def _store_row(out_ptr, acc, row: tl.constexpr, pid_s, rn, n_ok, M, N: tl.constexpr, s_ptr,
+                   FMT: tl.constexpr):
+        res = tl.sum(acc, axis=1)  # (BN,)
+        if FMT == 1:  # int8: per-row scales, once at the end
+            res = res * tl.load(s_ptr + rn, mask=n_ok, other=0).to(tl.float32)
+        tl.store(out_ptr + (pid_s * M + row) * N + rn, res, mask=n_ok & (rn * 0 + row < M))
+
+    @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M,
                      N: tl.constexpr, K: tl.constexpr, FMT: tl.constexpr, GS: tl.constexpr, CH: tl.constexpr,
                      M_PAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr):
-        # program (pid_n, pid_s): rows pid_n * BLOCK_N ..., chunks of split pid_s; out (SPLIT, M, N) float32
+        # program (pid_n, pid_s): weight rows pid_n * BLOCK_N ..., the K chunks of split pid_s;
+        # out (SPLIT, M, N) float32. One accumulator per row of x (M_PAD <= 4): the weight tile is read once
+        # for all of them. Rows past M (padding) re-read row M - 1 and are not stored.
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         per_split: tl.constexpr = K // GS // SPLIT  # chunks per split
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
         n_ok = rn < N
-        rg = tl.arange(0, NG)
-        rc = tl.arange(0, CH)
-        rm = tl.arange(0, M_PAD)
-        acc = tl.zeros((M_PAD, BLOCK_N, NG), dtype=tl.float32)  # per row of x, per weight row, per chunk slot
-        for i in range(0, per_split, NG):  # a trip count known at compile time
-            g_ok = i + rg < per_split
-            g = pid_s * per_split + i + rg  # (NG,) chunk indices
-            w_ok = n_ok[:, None, None] & g_ok[None, :, None]
-            if FMT == 2:
+        x1 = x_ptr + tl.minimum(1, M - 1) * K
+        x2 = x_ptr + tl.minimum(2, M - 1) * K
+        x3 = x_ptr + tl.minimum(3, M - 1) * K
+        if FMT == 2:  # int4: (BN, NG, CH) bytes, per-group sums
+            rg = tl.arange(0, NG)
+            rc = tl.arange(0, CH)
+            acc0 = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
+            acc1 = acc0
+            acc2 = acc0
+            acc3 = acc0
+            for i in range(0, per_split, NG):  # a trip count known at compile time
+                g_ok = i + rg < per_split
+                g = pid_s * per_split + i + rg  # (NG,) group indices
                 b = tl.load(w_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * CH + rc[None, None, :],
-                            mask=w_ok, other=0)  # (BN, NG, CH) bytes: two weights each
+                            mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)  # two weights a byte
                 lo = (b & 15).to(tl.float32)
                 hi = (b >> 4).to(tl.float32)
-                sg_ptr = rn[:, None] * (K // GS) + g[None, :]
-                sg_ok = n_ok[:, None] & g_ok[None, :]
-                sg = tl.load(s_ptr + sg_ptr, mask=sg_ok, other=0).to(tl.float32)  # (BN, NG)
-                zg = tl.load(z_ptr + sg_ptr, mask=sg_ok, other=0).to(tl.float32)
-            else:
-                w = tl.load(w_ptr + rn[:, None, None] * K + g[None, :, None] * GS + rc[None, None, :],
-                            mask=w_ok, other=0).to(tl.float32)  # (BN, NG, CH)
-            for m in tl.static_range(M_PAD):  # the weight tile is read once for all rows of x
-                x_ok = g_ok[:, None]
-                # rows past M (padding to M_PAD) re-read the last row: never stored, no mask needed
-                xk = x_ptr + tl.minimum(m, M - 1) * K + g[:, None] * GS  # (NG, 1) chunk starts
-                if FMT == 2:
-                    xe = tl.load(xk + 2 * rc[None, :], mask=x_ok, other=0).to(tl.float32)  # (NG, CH) even k
-                    xo = tl.load(xk + 2 * rc[None, :] + 1, mask=x_ok, other=0).to(tl.float32)  # odd k
-                    dot = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # (BN, NG)
-                    xs = tl.sum(xe + xo, axis=1)  # (NG,)
-                    part = sg * (dot - 8.0 * xs[None, :]) + zg * xs[None, :]
-                else:
-                    xm = tl.load(xk + rc[None, :], mask=x_ok, other=0).to(tl.float32)  # (NG, CH)
-                    part = tl.sum(w * xm[None, :, :], axis=2)  # (BN, NG)
-                acc += tl.where(rm[:, None, None] == m, part[None, :, :], 0.0)
-        res = tl.sum(acc, axis=2)  # (M_PAD, BN)
-        if FMT == 1:
-            res = res * tl.load(s_ptr + rn, mask=n_ok, other=0).to(tl.float32)[None, :]
-        out = out_ptr + (pid_s * M + rm[:, None]) * N + rn[None, :]
-        tl.store(out, res, mask=(rm[:, None] < M) & n_ok[None, :])
+                sz = rn[:, None] * (K // GS) + g[None, :]
+                sz_ok = n_ok[:, None] & g_ok[None, :]
+                s = tl.load(s_ptr + sz, mask=sz_ok, other=0).to(tl.float32)  # (BN, NG)
+                z = tl.load(z_ptr + sz, mask=sz_ok, other=0).to(tl.float32)
+                acc0 += _int4_part(x_ptr, g, g_ok, rc, lo, hi, s, z, GS)
+                if M_PAD > 1:
+                    acc1 += _int4_part(x1, g, g_ok, rc, lo, hi, s, z, GS)
+                if M_PAD > 2:
+                    acc2 += _int4_part(x2, g, g_ok, rc, lo, hi, s, z, GS)
+                    acc3 += _int4_part(x3, g, g_ok, rc, lo, hi, s, z, GS)
+        else:  # float / int8: (BN, BK) tiles, elementwise accumulators reduced once at the end
+            BK: tl.constexpr = NG * GS
+            span: tl.constexpr = per_split * GS  # K elements per split
+            rk = tl.arange(0, BK)
+            acc0 = tl.zeros((BLOCK_N, BK), dtype=tl.float32)
+            acc1 = acc0
+            acc2 = acc0
+            acc3 = acc0
+            for i in range(0, span, BK):
+                k_ok = i + rk < span
+                k = pid_s * span + i + rk  # (BK,)
+                w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                            other=0).to(tl.float32)
+                acc0 += w * tl.load(x_ptr + k, mask=k_ok, other=0).to(tl.float32)[None, :]
+                if M_PAD > 1:
+                    acc1 += w * tl.load(x1 + k, mask=k_ok, other=0).to(tl.float32)[None, :]
+                if M_PAD > 2:
+                    acc2 += w * tl.load(x2 + k, mask=k_ok, other=0).to(tl.float32)[None, :]
+                    acc3 += w * tl.load(x3 + k, mask=k_ok, other=0).to(tl.float32)[None, :]
+        _store_row(out_ptr, acc0, 0, pid_s, rn, n_ok, M, N, s_ptr, FMT)
+        if M_PAD > 1:
+            _store_row(out_ptr, acc1, 1, pid_s, rn, n_ok, M, N, s_ptr, FMT)
+        if M_PAD > 2:
+            _store_row(out_ptr, acc2, 2, pid_s, rn, n_ok, M, N, s_ptr, FMT)
+            _store_row(out_ptr, acc3, 3, pid_s, rn, n_ok, M, N, s_ptr, FMT)
 
     # Tile shapes: rows per program x chunks per step; 4-8 warps. Few enough to tune in seconds per shape.
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=s)
