@@ -134,11 +134,20 @@ if triton is not None:
             _store_row(out_ptr, acc2, 2, pid_s, rn, n_ok, M, N, s_ptr, FMT)
             _store_row(out_ptr, acc3, 3, pid_s, rn, n_ok, M, N, s_ptr, FMT)
 
-    # Tile shapes: rows per program x chunks per step; 4-8 warps. Few enough to tune in seconds per shape.
-    _CONFIGS = [triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=s)
-                for bn, ng, w, s in [(8, 8, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3), (32, 4, 4, 3),
-                                     (32, 8, 8, 3), (64, 4, 8, 3), (8, 16, 4, 3), (16, 16, 8, 2)]]
-    _gemv_tuned = triton.autotune(_CONFIGS, key=["N", "K", "FMT", "GS", "M_PAD", "SPLIT"])(_gemv_kernel)
+    # Tile shapes (rows per program, chunks per step, warps, pipeline stages): small tiles for float/int8 and
+    # few rows, larger ones so that an int4 thread holds whole 16-byte groups. Ten: seconds to tune a shape.
+    _CONFIGS = [triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=st)
+                for bn, ng, w, st in [(8, 8, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3), (32, 4, 4, 3), (32, 8, 4, 2),
+                                      (32, 8, 8, 2), (64, 4, 4, 2), (64, 8, 8, 2), (8, 16, 4, 3), (16, 16, 8, 2)]]
+    def _fits(c, fmt: int, m_pad: int) -> bool:
+        """Float/int8 keep an accumulator tile per row of x: at most 128 float32 accumulators a thread (larger
+        tiles spill registers at 4 rows when compiled for sm_90: tests/test_kernels.py)."""
+        return fmt == INT4 or c.kwargs["BLOCK_N"] * c.kwargs["NG"] * CHUNK * m_pad <= 128 * 32 * c.num_warps
+
+    # one autotuner per config list (chosen in Python at launch, so torch.compile sees a plain autotuned kernel)
+    _TUNED = {(fmt, m): triton.autotune([c for c in _CONFIGS if _fits(c, fmt, m)],
+                                        key=["N", "K", "FMT", "GS", "M_PAD", "SPLIT"])(_gemv_kernel)
+              for fmt in (FLOAT, INT8, INT4) for m in (1, 2, 4)}
 
     def _gemv_run(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, fmt: int,
                   group_size: int, split: int) -> torch.Tensor:
@@ -150,7 +159,8 @@ if triton is not None:
         if INTERPRET:  # the interpreter cannot time configs: one fixed tile
             _gemv_kernel[(triton.cdiv(N, 16), split)](x2, weight, scales, zeros, out, M, **meta, BLOCK_N=16, NG=4)
         else:
-            torch.library.wrap_triton(_gemv_tuned)[lambda c: (triton.cdiv(N, c["BLOCK_N"]), split)](
+            tuned = _TUNED[fmt, meta["M_PAD"]]
+            torch.library.wrap_triton(tuned)[lambda c: (triton.cdiv(N, c["BLOCK_N"]), split)](
                 x2, weight, scales, zeros, out, M, **meta)
         return out
 
