@@ -38,3 +38,22 @@ def tiny_model(name: str = "tiny-gemma3", std: float = 0.1, seed: int = 0, **ove
         for n, p in model.named_parameters():
             p.normal_(0, 0.5 if n.endswith("norm.weight") else std)
     return model
+
+
+def explain_decode_step(model, greedy: bool = True, max_k: int | None = None):
+    """torch._dynamo.explain of the engine's decode step on `model` (batch of 2, a fresh 32-slot cache):
+    what torch.compile(fullgraph=True) would see, without compiling."""
+    import torch._dynamo
+
+    from opengemma.engine.generate import decode_step
+
+    B = 2
+    model.setup_cache(B, 32, prefill_chunk=4)
+    args = (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), torch.full((B,), 0.0 if greedy else 1.0),
+            torch.full((B,), max_k or 0), torch.ones(B), torch.rand(B), greedy, max_k)
+    torch._dynamo.reset()
+    try:
+        with torch.inference_mode():
+            return torch._dynamo.explain(decode_step)(*args)
+    finally:
+        model.clear_cache()

@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from opengemma.config import GemmaConfig
-from opengemma.engine.generate import decode_step, generate
-from hf_utils import tiny_model
+from opengemma.engine.generate import generate
+from hf_utils import explain_decode_step, tiny_model
 
 
 def tiny(name="tiny-gemma3", **kw):
@@ -43,22 +42,10 @@ def test_chunked_prefill_generation_equals_unchunked():
         assert [o.tokens for o in out] == [r.tokens for r in ref]
 
 
-def _step_args(model, B=2, greedy=True, max_k=None):
-    model.setup_cache(B, 32, prefill_chunk=4)
-    z = torch.zeros(B)
-    return (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), z + (0 if greedy else 1),
-            torch.full((B,), max_k or 0), torch.ones(B), torch.rand(B), greedy, max_k)
-
-
 @pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
 @pytest.mark.parametrize("greedy,max_k", [(True, None), (False, None), (False, 40)])
 def test_decode_step_has_no_graph_breaks(name, greedy, max_k):
-    import torch._dynamo
-
-    model = tiny(name)
-    torch._dynamo.reset()
-    with torch.inference_mode():
-        explanation = torch._dynamo.explain(decode_step)(*_step_args(model, greedy=greedy, max_k=max_k))
+    explanation = explain_decode_step(tiny(name), greedy=greedy, max_k=max_k)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 

@@ -12,7 +12,7 @@ from opengemma.engine.generate import generate
 from opengemma.model import Linear
 from opengemma.quantize import (Int4Linear, Int8Linear, dequantize_int4, pack_int4, quantize_int4, quantize_int8,
                                 quantize_model)
-from hf_utils import tiny_model
+from hf_utils import explain_decode_step, tiny_model
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() and not kernels.INTERPRET,
                                 reason="on a GPU, test_cuda.py runs the compiled kernel")
@@ -115,23 +115,12 @@ def test_set_gemv_off_restores_torch_kernels():
 def test_decode_step_with_gemv_is_one_graph_and_compiles_to_the_eager_tokens(mode):
     # On CPU the interpreter's kernel is an opaque op (a GPU inlines the Triton kernel): this checks that the
     # modules' dispatch, the split choice and the op trace as one graph, and that the compiled step agrees
-    import torch._dynamo
-
-    from opengemma.engine.generate import decode_step
-
     model = tiny_model("tiny-gemma3", std=0.3)
     if mode is not None:
         model = quantize_model(model, "int4", group_size=32, dtype=torch.float32, embedding=mode)
-    kernels.set_gemv(model)
-    model.setup_cache(2, 32, prefill_chunk=4)
-    torch._dynamo.reset()
-    args = (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), torch.zeros(2),
-            torch.zeros(2, dtype=torch.long), torch.ones(2), torch.rand(2), True, None)
-    with torch.inference_mode():
-        explanation = torch._dynamo.explain(decode_step)(*args)
+    explanation = explain_decode_step(kernels.set_gemv(model))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert "opengemma.gemv" in str(explanation.graphs[0].graph)
-    model.clear_cache()
     if mode is None:  # one compile (~30 s on 2 cores) is enough for the tier
         prompts = [[2, 7, 8, 9], [2, 40, 41]]
         ref = [o.tokens for o in generate(model, prompts, max_new_tokens=6)]

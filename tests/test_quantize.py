@@ -4,8 +4,8 @@ import torch
 
 import opengemma
 from opengemma.config import GemmaConfig
-from opengemma.engine.generate import decode_step, generate
-from hf_utils import tiny_model
+from opengemma.engine.generate import generate
+from hf_utils import explain_decode_step, tiny_model
 from opengemma.quantize import (RESCORE_K, SMALL_M, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear,
                                 RescoredEmbedding, pack_int4, quantize_int4, quantize_int8, quantize_model,
                                 unpack_int4)
@@ -196,19 +196,12 @@ def mixed_formats(model) -> dict[str, str]:
 @pytest.mark.parametrize("mode,embedding", [("int8", "int8"), ("int4", "int4"), ("gguf", "default"),
                                             ("int4", "int4+int8")])
 def test_quantized_decode_step_has_no_graph_breaks(mode, embedding):
-    import torch._dynamo
-
     model = tiny()
     formats = mixed_formats(model) if mode == "gguf" else None
     model = quantize_model(model, mode, group_size=32, embedding=embedding, formats=formats)
     if formats:
         assert {type(m).__name__ for m in model.layers[0].modules()} >= {"Int8Linear", "Int4Linear", "Linear"}
-    model.setup_cache(2, 32, prefill_chunk=4)
-    torch._dynamo.reset()
-    args = (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), torch.zeros(2),
-            torch.zeros(2, dtype=torch.long), torch.ones(2), torch.rand(2), True, None)
-    with torch.inference_mode():
-        explanation = torch._dynamo.explain(decode_step)(*args)
+    explanation = explain_decode_step(model)
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
