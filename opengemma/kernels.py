@@ -14,10 +14,10 @@ kernel covers the three weight formats the quantized modules keep:
 A program streams BLOCK_N weight rows through NG chunks of K per step (CHUNK elements; for int4 a
 quantization group, one 16-byte vector at G = 32). Float and int8 products accumulate elementwise and reduce
 once at the end; int4 reduces each group in-thread, then applies its scale and zero. Each row of x (up to 4)
-has its own accumulator, so the weight tile is read once for all of them. Long K and few rows (N * split small against the
-number of multiprocessors) are split along K into `split` partial sums, written side by side in float32 and
-added by the caller (deterministic: no atomics), so every multiprocessor has rows to stream. Tile shapes are
-autotuned per (N, K, format) on first use.
+has its own accumulator, so the weight tile is read once for all of them. Long K and few rows (N * split
+small against the number of multiprocessors) are split along K into `split` partial sums, written side by
+side in float32 and added by the caller (deterministic: no atomics), so every multiprocessor has rows to
+stream. Tile shapes are autotuned per (N, K, format, rows) on first use.
 
 Registered as a `torch.library.triton_op`, so torch.compile inlines the kernel into the decode step's graph
 (and its CUDA graph). With TRITON_INTERPRET=1 the same kernel runs on CPU tensors through Triton's
@@ -43,11 +43,12 @@ if torch.cuda.is_available() or INTERPRET:  # importing Triton costs ~150 MB of 
         triton = None
 
 
-def available(x2: torch.Tensor) -> bool:
+def available(x2: torch.Tensor, group_size: int = CHUNK) -> bool:
     """Whether the GEMV kernel can take this (M, K) input: Triton installed, a GPU tensor (or the
-    interpreter on CPU), few rows."""
+    interpreter on CPU), few rows, K in whole chunks (int4: groups) of a power-of-two size."""
     return (triton is not None and (x2.device.type == "cuda" or INTERPRET) and x2.dim() == 2
-            and 0 < x2.shape[0] <= GEMV_MAX_M)
+            and 0 < x2.shape[0] <= GEMV_MAX_M and x2.shape[1] % group_size == 0
+            and group_size & (group_size - 1) == 0)
 
 
 if triton is not None:
@@ -139,6 +140,7 @@ if triton is not None:
     _CONFIGS = [triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=st)
                 for bn, ng, w, st in [(8, 8, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3), (32, 4, 4, 3), (32, 8, 4, 2),
                                       (32, 8, 8, 2), (64, 4, 4, 2), (64, 8, 8, 2), (8, 16, 4, 3), (16, 16, 8, 2)]]
+
     def _fits(c, fmt: int, m_pad: int) -> bool:
         """Float/int8 keep an accumulator tile per row of x: at most 128 float32 accumulators a thread (larger
         tiles spill registers at 4 rows when compiled for sm_90: tests/test_kernels.py)."""
@@ -197,7 +199,7 @@ def _sms(device: torch.device) -> int:
 def gemv(x2: torch.Tensor, weight: torch.Tensor, fmt: int = FLOAT, scales: torch.Tensor | None = None,
          zeros: torch.Tensor | None = None, group_size: int = CHUNK) -> torch.Tensor:
     """x2 (M, K) against weight rows (N, K) in format fmt: (M, N) in x2's dtype (accumulated in float32).
-    Callers check `available(x2)` and `supports(K, group_size)` first."""
+    Callers check `available(x2, group_size)` first."""
     K, N = x2.shape[1], weight.shape[0]
     split = split_k(N, K, group_size, _sms(x2.device))
     s = scales if scales is not None else weight  # unused pointers for the float format
@@ -206,14 +208,10 @@ def gemv(x2: torch.Tensor, weight: torch.Tensor, fmt: int = FLOAT, scales: torch
     return (out[0] if split == 1 else out.sum(0)).to(x2.dtype)
 
 
-def supports(K: int, group_size: int = CHUNK) -> bool:
-    return K % group_size == 0 and group_size & (group_size - 1) == 0
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.linear without bias, through the GEMV kernel where it applies."""
     x2 = x.reshape(-1, x.shape[-1])
-    if available(x2) and supports(x2.shape[1]):
+    if available(x2):
         return gemv(x2.to(weight.dtype), weight).reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
     return nn.functional.linear(x, weight)
 
@@ -228,6 +226,6 @@ def set_gemv(model: nn.Module, on: bool = True) -> nn.Module:
     for m in model.modules():
         if hasattr(type(m), "gemv"):
             m.gemv = on
-    for t in model.parameters():  # a traced step then reads a number, never queries the device
-        _sms(t.device)
+    for device in {t.device for t in (*model.parameters(), *model.buffers())}:
+        _sms(device)  # a traced step then reads a number, never queries the device
     return model

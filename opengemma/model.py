@@ -80,12 +80,14 @@ class KVCache(nn.Module):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (no bias in Gemma) whose few-row products can go to the Triton GEMV kernel on GPU
-    (kernels.set_gemv; off by default)."""
+    """nn.Linear whose few-row products can go to the Triton GEMV kernel on GPU (kernels.set_gemv; off by
+    default; Gemma's projections have no bias)."""
     gemv = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(x, self.weight) if self.gemv else F.linear(x, self.weight)
+        if self.gemv and self.bias is None:
+            return kernels.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Embedding):

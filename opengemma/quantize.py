@@ -180,7 +180,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)  # (M, K)
-        if self.gemv and kernels.available(x2) and kernels.supports(self.in_features):
+        if self.gemv and kernels.available(x2):
             y = kernels.gemv(x2, self.weight, kernels.INT8, self.scales)
         else:
             y = _int8_mm(x2, self.weight, self.scales)
@@ -276,7 +276,7 @@ class Int4Linear(nn.Module):
         if self.kernel_weight is None:
             raise RuntimeError("Int4Linear.prepare() was not called after loading (prepare_quantized(model))")
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
-        if self.gemv and kernels.available(x2) and kernels.supports(self.in_features, self.group_size):
+        if self.gemv and kernels.available(x2, self.group_size):
             y = kernels.gemv(x2, self.qweight, kernels.INT4, self.scales, self.zeros, self.group_size)
         else:
             y = _int4_mm(x2, self.kernel_weight, self.group_size, self.kernel_sz)[:, : self.out_features]

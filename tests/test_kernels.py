@@ -85,6 +85,10 @@ def test_modules_route_few_rows_through_the_kernel(M, monkeypatch):
         assert close(on, off, 0.02)  # the two paths round differently in bf16; both are the layer's product
     # M <= GEMV_MAX_M goes to the kernel in each format; more rows use torch's kernels
     assert calls == ([kernels.FLOAT, kernels.INT8, kernels.INT4] if M <= kernels.GEMV_MAX_M else [])
+    biased = Linear(128, 96).bfloat16()  # the kernel has no bias: such a layer keeps torch's, bias included
+    biased.gemv = True
+    assert torch.equal(biased(x), torch.nn.functional.linear(x, biased.weight, biased.bias))
+    assert len(calls) == (3 if M <= kernels.GEMV_MAX_M else 0)
 
 
 @pytest.mark.parametrize("mode", [None, "int8", "int4"])
@@ -174,3 +178,10 @@ def test_kernel_compiles_for_hopper_without_register_spills(tmp_path):
     assert len(configs) == 10 + 7 + 10 + 7 + 10 + 10  # (float, int8, int4) x (1, 4 rows), pruned lists
     spilled = [c for c in configs if c["stack"] > 0]
     assert not spilled, spilled
+
+
+def test_available_only_for_few_rows_and_whole_chunks():
+    assert kernels.available(torch.zeros(4, 128)) and kernels.available(torch.zeros(1, 128), 64)
+    assert not kernels.available(torch.zeros(5, 128))  # more rows: torch's kernels
+    assert not kernels.available(torch.zeros(1, 100))  # K not in whole 32-element chunks
+    assert not kernels.available(torch.zeros(1, 96), 64) and not kernels.available(torch.zeros(1, 96), 48)
