@@ -28,6 +28,11 @@ from .model import Embedding, Gemma
 MODES = ("int8", "int4")
 FORMATS = ("int8", "int4", "float")  # what one matrix can be in a mixed ("gguf") model
 SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize-then-matmul
+# rows from which dequantizing an int4 matrix to bf16 once and running the dense matmul beats torch's CPU int4
+# kernel (prefill, scoring). That kernel has no vectorized float32 path (40x slower than in bf16), so float32
+# activations always take the dense path.
+DENSE_INT4_M = 192
+DENSE_ELEMENTS = 1 << 22  # weights dequantized at a time on that path (8 MB in bf16; the blocks are one piece each)
 PACK_ROWS = 4096  # rows per block when building the CPU int4 kernel layout (a multiple of its 64-row blocks)
 
 
@@ -278,12 +283,28 @@ class Int4Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
         if self.gemv and kernels.available(x2, self.group_size):
             y = kernels.gemv(x2, self.qweight, kernels.INT4, self.scales, self.zeros, self.group_size)
+        elif x2.device.type == "cpu" and (x2.shape[0] >= DENSE_INT4_M or x2.dtype == torch.float32):
+            # a block of rows at a time bounds the dequantized copy (the output matrix would take 335 MB)
+            step = max(16, DENSE_ELEMENTS // self.in_features)
+            if step >= self.out_features:
+                y = F.linear(x2, self.dense())
+            else:
+                y = torch.cat([F.linear(x2, self.dense(i, i + step)) for i in range(0, self.out_features, step)], 1)
         else:
             y = _int4_mm(x2, self.kernel_weight, self.group_size, self.kernel_sz)[:, : self.out_features]
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> torch.Tensor:
         return dequantize_int4(unpack_int4(self.qweight), self.scales, self.zeros)
+
+    def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows start:stop of the weights in the activation dtype, for a dense matmul. Computed in that
+        dtype: its rounding of the product and the sum is far below the 4-bit step, and float32 math
+        would cost another pass."""
+        p, s, z = self.qweight[start:stop], self.scales[start:stop], self.zeros[start:stop]
+        N, G = s.shape
+        q = torch.stack((p & 15, p >> 4), dim=-1).view(N, G, -1).to(s.dtype)
+        return (q * s[..., None] + (z - 8 * s)[..., None]).view(N, self.in_features)  # (q - 8) s + z
 
     @classmethod
     def cat(cls, parts: list["Int4Linear"]) -> "Int4Linear":

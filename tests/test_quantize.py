@@ -6,7 +6,7 @@ import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.engine.generate import generate
 from hf_utils import explain_decode_step, tiny_model
-from opengemma.quantize import (RESCORE_K, SMALL_M, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear,
+from opengemma.quantize import (DENSE_INT4_M, RESCORE_K, SMALL_M, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear,
                                 RescoredEmbedding, pack_int4, quantize_int4, quantize_int8, quantize_model,
                                 unpack_int4)
 from opengemma.weights.hf import save_hf_dir
@@ -53,16 +53,21 @@ def test_int8_linear_matches_reference(M):
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("M", [1, 24])
-def test_int4_linear_matches_reference(group, M):
+@pytest.mark.parametrize("M,dtype", [(1, torch.bfloat16), (24, torch.bfloat16), (DENSE_INT4_M, torch.bfloat16),
+                                     (1, torch.float32), (24, torch.float32)])  # kernel, kernel, dense, dense, dense
+def test_int4_linear_matches_reference(group, M, dtype, monkeypatch):
+    import opengemma.quantize as q
+
     torch.manual_seed(2)
-    w, x = torch.randn(512, 256) * 0.05, torch.randn(M, 256).bfloat16()
-    m = Int4Linear.from_float(w, group, torch.bfloat16)
+    monkeypatch.setattr(q, "DENSE_ELEMENTS", 100 * 256)  # the dense path in several row blocks, one partial
+    w, x = torch.randn(512, 256) * 0.05, torch.randn(M, 256).to(dtype)
+    m = Int4Linear.from_float(w, group, dtype)
     m.prepare()
-    ref = x.float() @ m.dequantized().T
-    y = m(x).float()
+    ref = x.double() @ m.dequantized().double().T
+    y = m(x)
+    assert y.dtype == dtype and y.shape == (M, 512)
     scale = ref.abs().max()
-    assert (y - ref).abs().max() <= 0.01 * scale
+    assert (y.double() - ref).abs().max() <= (0.01 if dtype == torch.bfloat16 else 1e-5) * scale
     assert (y - x.float() @ w.T).abs().max() <= 0.25 * scale  # 4-bit: coarse, bounded
 
 
