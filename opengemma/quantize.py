@@ -273,6 +273,22 @@ class Int4Linear(nn.Module):
         self.kernel_weight = parts[0] if len(parts) == 1 else torch.cat(parts)
         self.kernel_sz = _scales_zeros(scales, zeros, scales.dtype)
 
+    def adopt_layout(self, weight: torch.Tensor, sz: torch.Tensor) -> None:
+        """Take a kernel layout that prepare() built earlier (a cached copy) instead of building it. Checked:
+        shapes and dtypes, and the first 64-row block against the portable weights (a stale or damaged copy
+        raises ValueError)."""
+        N, K = self.out_features + -self.out_features % 16, self.in_features
+        if (weight.shape, weight.dtype, sz.shape, sz.dtype) != ((N, K // 2), torch.uint8, (K // self.group_size, N, 2),
+                                                                 self.scales.dtype):
+            raise ValueError(f"kernel layout of shape {tuple(weight.shape)} / {tuple(sz.shape)} does not fit {N}x{K}")
+        rows = min(64, self.out_features)
+        q = unpack_int4(self.qweight[:rows])
+        q = torch.cat([q, q.new_full((-rows % 16, K), 8)])  # as prepare() pads
+        if not (torch.equal(_kernel_pack_int4(q, weight.device), weight[:len(q)])
+                and torch.equal(sz[:, :rows], _scales_zeros(self.scales[:rows], self.zeros[:rows], sz.dtype))):
+            raise ValueError("kernel layout does not match the weights")
+        self.kernel_weight, self.kernel_sz = weight, sz
+
     def _apply(self, fn, recurse=True):  # the packed layout is per device: moving the module drops it
         self.kernel_weight = self.kernel_sz = None
         return super()._apply(fn, recurse)

@@ -192,6 +192,46 @@ def test_quantized_model_matches_its_dequantized_reference_and_round_trips(tmp_p
     assert [generate(back, [p], max_new_tokens=10)[0].tokens for p in prompts] == [o.tokens for o in batch]
 
 
+def test_int4_cpu_layout_cached_next_to_the_weights(tmp_path, monkeypatch):
+    """The first CPU load saves the int4 kernel layout in the cache directory, later loads map it instead of
+    repacking; a damaged copy is detected (shapes, first block vs the weights) and rebuilt."""
+    from opengemma.weights.quantized import cpu_layout_file
+
+    model = tiny()
+    tok = torch.randint(0, 512, (2, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        quantize_model(model, "int4", group_size=32, embedding="int4+int8")
+        ref = model(tok)
+        save_quantized(model, tmp_path / "q")
+        file = cpu_layout_file(tmp_path / "q")
+        assert not file.exists()
+        assert torch.equal(load_quantized(tmp_path / "q")(tok), ref)
+        assert file.exists()
+
+        def no_repack(self):
+            raise AssertionError("repacked although a cached layout exists")
+
+        with monkeypatch.context() as m:
+            m.setattr(Int4Linear, "prepare", no_repack)
+            warm = load_quantized(tmp_path / "q")
+            assert torch.equal(warm(tok), ref)
+        layouts = [m.kernel_weight for m in warm.modules() if isinstance(m, Int4Linear)]
+        assert len(layouts) == 4 * len(warm.layers) + 1 and all(w is not None for w in layouts)  # qkv, o, gate_up, down
+
+        # flip the first block's bytes of one matrix's layout in the file: detected, rebuilt, same outputs
+        from opengemma.weights.quantized import _layout
+
+        start, offsets = _layout(file)
+        data = bytearray(file.read_bytes())
+        at = start + offsets["layers.1.mlp.gate_up_proj.kernel_weight"]
+        data[at:at + 16] = bytes(255 - b for b in data[at:at + 16])
+        file.write_bytes(bytes(data))
+        with pytest.warns(UserWarning, match="rebuilding the int4 CPU layout"):
+            back = load_quantized(tmp_path / "q")
+        assert torch.equal(back(tok), ref)
+        assert torch.equal(load_quantized(tmp_path / "q")(tok), ref)  # the rebuilt file is good again
+
+
 def mixed_formats(model) -> dict[str, str]:
     """int8, int4 and float matrices side by side, as a GGUF file's own types give (quantize="gguf")."""
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import struct
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 
 from ..config import GemmaConfig
 from ..model import Gemma
-from ..quantize import empty_quantized, prepare_quantized
+from ..quantize import Int4Linear, empty_quantized, prepare_quantized
 from . import CheckpointError, check_names
 from .mmap import mmap_safetensors
 
@@ -26,27 +27,28 @@ def save_quantized(model: Gemma, path: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    # safetensors aligns data to 8 bytes; the int8 kernel wants 64 (mmap_safetensors copies out what is not).
-    # Padding the header's metadata so that the data starts 64-aligned keeps most tensors zero-copy.
-    # safetensors aligns data to 8 bytes; the int8 kernel wants its weights at 64 (mmap_safetensors copies
-    # out what is not). safetensors orders tensors by dtype (float32 ... int16, then int8, then uint8), so a
-    # padding int16 tensor that sorts last among int16 aligns the int8 block (whose sizes are multiples of
-    # 64 for real shapes), and padding in the metadata aligns the data's start.
-    st = tmp / "model.safetensors"
-    save_file(state, str(st), metadata={"format": "pt", "pad": ""})
-    start, offsets = _layout(st)
-    int8 = [offsets[k] for k, v in state.items() if v.dtype == torch.int8]
-    if int8 and min(int8) % ALIGN:
-        state[PAD] = torch.zeros(-min(int8) % ALIGN // 2, dtype=torch.int16)
-        save_file(state, str(st), metadata={"format": "pt", "pad": ""})
-        start, _ = _layout(st)
-    if start % ALIGN:  # a multiple of 8 (the header is padded to 8): grows the header by exactly that
-        save_file(state, str(st), metadata={"format": "pt", "pad": " " * (-start % ALIGN)})
+    save_aligned(state, tmp / "model.safetensors")
     (tmp / "quantization.json").write_text(json.dumps(
         {**model.quantization, "config": model.config.to_dict()}, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
+
+
+def save_aligned(state: dict[str, torch.Tensor], st: Path) -> None:
+    """save_file with the int8 tensors and the data's start 64-byte aligned, so that mmap_safetensors can
+    keep them zero-copy. safetensors aligns data to 8 bytes only, and orders tensors by dtype (float32 ...
+    int16, then int8, then uint8): a padding int16 tensor that sorts last among int16 aligns the int8 block
+    (whose sizes are multiples of 64 for real shapes), and padding in the metadata aligns the data's start."""
+    save_file(state, str(st), metadata={"format": "pt", "pad": ""})
+    start, offsets = _layout(st)
+    int8 = [offsets[k] for k, v in state.items() if v.dtype == torch.int8]
+    if int8 and min(int8) % ALIGN:
+        state = {**state, PAD: torch.zeros(-min(int8) % ALIGN // 2, dtype=torch.int16)}
+        save_file(state, str(st), metadata={"format": "pt", "pad": ""})
+        start, _ = _layout(st)
+    if start % ALIGN:  # a multiple of 8 (the header is padded to 8): grows the header by exactly that
+        save_file(state, str(st), metadata={"format": "pt", "pad": " " * (-start % ALIGN)})
 
 
 ALIGN = 64  # bytes: what the int8 GEMV kernel wants of its weights
@@ -88,5 +90,40 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
     model.quantization.setdefault("method", "rtn")
     model.init_rope()
     model = model.to(device).eval()
-    prepare_quantized(model)
+    if torch.device(device).type == "cpu":
+        _prepare_cpu(model, path)
+    else:
+        prepare_quantized(model)
     return model
+
+
+def cpu_layout_file(path: Path) -> Path:
+    # torch's CPU int4 layout is its own (per version, and per instruction set in principle)
+    cap = torch.backends.cpu.get_cpu_capability()
+    return path / f"int4-cpu-layout-torch{torch.__version__}-{cap}.safetensors"
+
+
+def _prepare_cpu(model: Gemma, path: Path) -> None:
+    """The int4 kernel layout, memory-mapped from the cache directory when an earlier load saved it there
+    (built by prepare() and saved otherwise). A warm load then neither repacks nor holds two copies of the
+    int4 weights in memory: the portable ones stay on disk until something reads them."""
+    int4 = {n: m for n, m in model.named_modules() if isinstance(m, Int4Linear)}
+    if not int4:
+        return prepare_quantized(model)
+    file = cpu_layout_file(path)
+    if file.exists():
+        try:
+            state = mmap_safetensors(file, align=ALIGN)
+            for name, m in int4.items():
+                m.adopt_layout(state[f"{name}.kernel_weight"], state[f"{name}.kernel_sz"])
+            return
+        except (OSError, ValueError, KeyError) as e:  # stale or damaged: rebuild it
+            warnings.warn(f"{file}: rebuilding the int4 CPU layout ({type(e).__name__}: {e})")
+    prepare_quantized(model)
+    state = {f"{name}.{k}": getattr(m, k) for name, m in int4.items() for k in ("kernel_weight", "kernel_sz")}
+    tmp = file.with_name(file.name + f".tmp-{os.getpid()}")
+    try:
+        save_aligned(state, tmp)
+        os.replace(tmp, file)
+    except OSError:  # a read-only cache: repack at every load
+        tmp.unlink(missing_ok=True)
