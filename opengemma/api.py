@@ -20,7 +20,7 @@ import torch
 from . import kernels
 from .calibration import CALIBRATION_ID, calibration_batches
 from .config import PRESETS, REAL_MODELS, GemmaConfig
-from .engine.generate import GenerationOutput, generate
+from .engine.generate import GenerationOutput, generate, keep_freed_memory
 from .model import Gemma
 from .streaming import TextStream
 from .tokenizer import Tokenizer
@@ -204,6 +204,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
     else:
         raise ModelNotFoundError(f"unknown model {src!r}: not a real model name ({', '.join(REAL_MODELS)}), "
                                  "not a Hugging Face layout directory and not a .gguf file")
+    if dev.type == "cpu":
+        keep_freed_memory()  # before anything allocates: prefill and scoring reuse memory instead of faulting
     model = None
     if quantize is not None:
         model = _load_quantized_cached(float_dir, quantize, group_size, embedding_quantize, dt, dev, int4_method,

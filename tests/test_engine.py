@@ -111,3 +111,4 @@ def test_rows_join_a_running_batch_at_any_step(name):
             nxt = logits[:, -1].argmax(-1)
             clock += 1
     assert [got[i] for i in range(len(prompts))] == alone
+

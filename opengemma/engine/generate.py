@@ -19,6 +19,33 @@ from .sampling import as_row_tensor, sample
 
 
 CACHE_BUCKET = 256
+MALLOC_MMAP_THRESHOLD = 32 << 20  # bytes: glibc's own ceiling for its dynamic threshold
+
+
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed memory for the large temporaries of CPU prefill. By default it serves blocks over
+    128 KB with fresh mmaps and unmaps them on free, so every prefill chunk faulted in new zeroed pages for
+    each dequantized weight and activation (measured on 2 cores: bf16 prefill 1381 -> 2201 tok/s, int4 866
+    -> 1311 with the thresholds raised). glibc raises the thresholds by itself after the first large free,
+    so a process that happened to free one (e.g. building int4 kernel layouts) was fast and one that did not
+    was not; this sets them up front, once per process. A no-op without glibc."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only (mallopt's parameter numbers are glibc's)
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * MALLOC_MMAP_THRESHOLD)
 
 
 class PromptTooLongError(ValueError):
@@ -115,6 +142,8 @@ def generate(
     if max_new_tokens == 0:
         return outputs
     on_cuda = device.type == "cuda"
+    if device.type == "cpu":
+        keep_freed_memory()
     compile = on_cuda if compile is None else compile
     # Chunks bound the prefill's attention matrices and the sliding-window rings (window + chunk slots);
     # on 2 CPU cores 256 measured fastest for both prefill and decode, GPUs like bigger matmuls.
