@@ -314,13 +314,14 @@ class Int4Linear(nn.Module):
         return dequantize_int4(unpack_int4(self.qweight), self.scales, self.zeros)
 
     def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Rows start:stop of the weights in the activation dtype, for a dense matmul. Computed in that
-        dtype: its rounding of the product and the sum is far below the 4-bit step, and float32 math
-        would cost another pass."""
+        """Rows start:stop of the weights in the activation dtype, for a dense matmul, as (q - 8) * s + z.
+        Not q * s + (z - 8 s): in bf16 those two terms nearly cancel for small weights, and rounding each
+        cost +0.1 point of int4 perplexity; float32 arithmetic would cost 40% more time."""
         p, s, z = self.qweight[start:stop], self.scales[start:stop], self.zeros[start:stop]
         N, G = s.shape
-        q = torch.stack((p & 15, p >> 4), dim=-1).view(N, G, -1).to(s.dtype)
-        return (q * s[..., None] + (z - 8 * s)[..., None]).view(N, self.in_features)  # (q - 8) s + z
+        f = (p ^ 0x88).view(torch.int8)  # each nibble q -> q ^ 8, which as a signed 4-bit number is q - 8
+        q = torch.stack(((f << 4) >> 4, f >> 4), dim=-1).view(N, G, -1).to(s.dtype)  # arithmetic shifts
+        return (q * s[..., None] + z[..., None]).view(N, self.in_features)
 
     @classmethod
     def cat(cls, parts: list["Int4Linear"]) -> "Int4Linear":
