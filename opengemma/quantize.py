@@ -32,7 +32,7 @@ SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize
 # kernel (prefill, scoring). That kernel has no vectorized float32 path (40x slower than in bf16), so float32
 # activations always take the dense path.
 DENSE_INT4_M = 192
-DENSE_ELEMENTS = 1 << 22  # weights dequantized at a time on that path (8 MB in bf16; the blocks are one piece each)
+DENSE_ELEMENTS = 1 << 22  # weights dequantized at a time on that path (8 MB in bf16; a block matrix is one piece)
 PACK_ROWS = 4096  # rows per block when building the CPU int4 kernel layout (a multiple of its 64-row blocks)
 
 
@@ -256,22 +256,25 @@ class Int4Linear(nn.Module):
 
     def prepare(self) -> None:
         """Build the kernel layout for the current device (after loading or moving the module)."""
-        scales, zeros, N, device = self.scales, self.zeros, self.out_features, self.qweight.device
+        scales, zeros, N = self.scales, self.zeros, self.out_features
         pad = -N % 16  # the kernels tile N by 16: pad with empty rows, slice them off
         # CPU: blocks of rows pack independently; a block at a time bounds the unpacked int32 temporaries
         # (the 262144-row output matrix would need 0.7 GB at once)
-        step = PACK_ROWS if device.type == "cpu" else N
-        parts = []
-        for i in range(0, N, step):
-            q = unpack_int4(self.qweight[i:i + step])
-            if i + step >= N and pad:
-                q = torch.cat([q, q.new_full((pad, q.shape[1]), 8)])
-            parts.append(_kernel_pack_int4(q, device))
+        step = PACK_ROWS if self.qweight.device.type == "cpu" else N
+        parts = [self._packed_rows(i, i + step) for i in range(0, N, step)]
         if pad:
             scales = torch.cat([scales, scales.new_zeros(pad, scales.shape[1])])
             zeros = torch.cat([zeros, zeros.new_zeros(pad, zeros.shape[1])])
         self.kernel_weight = parts[0] if len(parts) == 1 else torch.cat(parts)
         self.kernel_sz = _scales_zeros(scales, zeros, scales.dtype)
+
+    def _packed_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop in the kernel layout of the weights' device, padded with empty rows (q = 8, and
+        zero scales in kernel_sz) to a multiple of 16: the kernels tile N by 16."""
+        q = unpack_int4(self.qweight[start:stop])
+        if len(q) % 16:
+            q = torch.cat([q, q.new_full((-len(q) % 16, q.shape[1]), 8)])
+        return _kernel_pack_int4(q, self.qweight.device)
 
     def adopt_layout(self, weight: torch.Tensor, sz: torch.Tensor) -> None:
         """Take a kernel layout that prepare() built earlier (a cached copy) instead of building it. Checked:
@@ -282,9 +285,8 @@ class Int4Linear(nn.Module):
                                                                  self.scales.dtype):
             raise ValueError(f"kernel layout of shape {tuple(weight.shape)} / {tuple(sz.shape)} does not fit {N}x{K}")
         rows = min(64, self.out_features)
-        q = unpack_int4(self.qweight[:rows])
-        q = torch.cat([q, q.new_full((-rows % 16, K), 8)])  # as prepare() pads
-        if not (torch.equal(_kernel_pack_int4(q, weight.device), weight[:len(q)])
+        first = self._packed_rows(0, rows)
+        if not (torch.equal(first, weight[:len(first)])
                 and torch.equal(sz[:, :rows], _scales_zeros(self.scales[:rows], self.zeros[:rows], sz.dtype))):
             raise ValueError("kernel layout does not match the weights")
         self.kernel_weight, self.kernel_sz = weight, sz
@@ -302,10 +304,8 @@ class Int4Linear(nn.Module):
         elif x2.device.type == "cpu" and (x2.shape[0] >= DENSE_INT4_M or x2.dtype == torch.float32):
             # a block of rows at a time bounds the dequantized copy (the output matrix would take 335 MB)
             step = max(16, DENSE_ELEMENTS // self.in_features)
-            if step >= self.out_features:
-                y = F.linear(x2, self.dense())
-            else:
-                y = torch.cat([F.linear(x2, self.dense(i, i + step)) for i in range(0, self.out_features, step)], 1)
+            parts = [F.linear(x2, self.dense(i, i + step)) for i in range(0, self.out_features, step)]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
         else:
             y = _int4_mm(x2, self.kernel_weight, self.group_size, self.kernel_sz)[:, : self.out_features]
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
