@@ -7,7 +7,8 @@ prompt, decode tok/s of 128 new tokens after it (greedy, no early stop), medians
 Peers: llama.cpp through llama-cpp-python on the same GGUF, and transformers (bf16, eager, as it loads
 the GGUF). opengemma modes (benchmarks/quality.py's names): fp32, bf16, int8, gguf (the file's own
 quantization kept: Q4_K as int4, Q5_0/Q6_K/Q8_0 as int8), int4 (weight-only, GPTQ; the int4+int8 output
-layer), int4-emb8 / int4-emb4 (an int8 / int4 output matrix), with the compiled decode step. Prints a table with ratios and writes benchmarks/results/cpu_decode.json.
+layer), int4-emb8 / int4-emb4 (an int8 / int4 output matrix), gguf-emb48 (the file's weights with the
+int4+int8 output layer), with the compiled decode step. Prints a table with ratios and writes benchmarks/results/cpu_decode.json.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,int4-emb8,int4,int4-emb4")
+    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,gguf-emb48,int4-emb8,int4,int4-emb4")
     ap.add_argument("--skip", default="", help="comma-separated peers to skip: llama.cpp,transformers")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))

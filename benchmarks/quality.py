@@ -1,12 +1,12 @@
 """Quality of each inference mode of the default model: perplexity on held-out text vs the float32 model.
 
-    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,gguf,int4,int4-emb8,int4-rtn,int4-emb4]
+    python benchmarks/quality.py [--tokens 8192] [--modes fp32,bf16,int8,gguf,gguf-emb48,int4,int4-emb8,int4-rtn,int4-emb4]
                                  [--text stdlib|licenses|PATH]
 
 Modes: fp32, bf16, int8, int4 (GPTQ; the default int4+int8 output layer: scored in int4, best 64
 recomputed in int8, so perplexity over many rows is the int8 layer's, and its decode path, <= 16 rows at a
-time, is reported too), int4-rtn (round to nearest); -emb8 / -emb4 for an int8 / int4 output matrix; gguf
-(the GGUF's own quantization kept). The int4 modes take the file's Q4_K
+time, is reported too), int4-rtn (round to nearest); -emb8 / -emb4 / -emb48 for an int8 / int4 / int4+int8
+output matrix; gguf (the GGUF's own quantization kept; gguf-emb48 adds the int4+int8 output layer). The int4 modes take the file's Q4_K
 matrices as they are and round the others. Held-out text (--text): `stdlib`, the documentation strings of a fixed list of
 Python standard-library modules (ordinary technical English that every machine has; GPTQ calibrates on
 other modules' documentation, opengemma.calibration); `licenses`, the license texts of
@@ -30,12 +30,13 @@ MODULES = ["argparse", "collections", "json", "logging", "pathlib", "subprocess"
 
 
 def mode_kwargs(mode: str) -> dict:
-    """fp32 | bf16 | int8 | gguf | int4 (GPTQ) | int4-rtn | ...-emb8 / -emb4 (int8 / int4 output matrix)."""
+    """fp32 | bf16 | int8 | gguf | int4 (GPTQ) | int4-rtn | ...-emb8 / -emb4 / -emb48 (int8 / int4 / int4+int8
+    output matrix)."""
     if mode in ("fp32", "bf16"):
         return {"dtype": "float32" if mode == "fp32" else "bfloat16"}
     quant, *flags = mode.split("-")
     emb = next((f for f in flags if f.startswith("emb")), "emb")
-    emb = {"emb4": "int4", "emb8": "int8", "emb": "default"}[emb]
+    emb = {"emb4": "int4", "emb8": "int8", "emb48": "int4+int8", "emb": "default"}[emb]
     return {"quantize": quant, "embedding_quantize": emb, "int4_method": "rtn" if "rtn" in flags else "gptq"}
 
 
@@ -85,10 +86,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,int4,int4-emb8,int4-emb4")
+    ap.add_argument("--modes", default="fp32,bf16,int8,gguf,gguf-emb48,int4,int4-emb8,int4-emb4")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--text", default="stdlib", help="stdlib | licenses | a text file")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other modes' rows of the existing results file (same text and token count)")
     args = ap.parse_args()
+    suffix = "" if args.text == "stdlib" else "-" + Path(args.text).stem
+    out = Path(__file__).parent / "results" / f"quality{suffix}.json"
     rows = {}
     ref_argmax = None
     for mode in args.modes.split(","):
@@ -101,6 +106,11 @@ def main() -> None:
         rows[mode] = {"nll": nll, "perplexity": math.exp(nll), "tokens": n,
                       "argmax_agreement_vs_first": (am == ref_argmax).float().mean().item(), **extra}
         del llm
+    if args.update and out.exists():  # the earlier rows of the same text and tokens, this run's rows over them
+        old = json.loads(out.read_text())
+        n = next(iter(rows.values()))["tokens"]
+        if (old["text"], old["group_size"]) == (args.text, args.group_size):
+            rows = {**{m: r for m, r in old["results"].items() if r["tokens"] == n}, **rows}
     base = rows[args.modes.split(",")[0]]["perplexity"]
     print(f"{'mode':8s} {'perplexity':>11s} {'vs ' + args.modes.split(',')[0]:>10s} {'argmax agree':>13s}  tokens")
     for mode, r in rows.items():
@@ -112,8 +122,6 @@ def main() -> None:
             print(f"{'':8s} decode path (int4 scores, best 64 in int8): perplexity "
                   f"{100 * (r['decode_path_ratio'] - 1):+.2f}%, argmax as with int8 logits at "
                   f"{100 * r['decode_path_argmax_same']:.2f}% of positions")
-    suffix = "" if args.text == "stdlib" else "-" + Path(args.text).stem
-    out = Path(__file__).parent / "results" / f"quality{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"group_size": args.group_size, "text": args.text, "results": rows}, indent=2))
     print(f"wrote {out}")

@@ -165,7 +165,8 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
     copy and recomputes the best 64 from the int8 table, quantize.RescoredEmbedding; "default" = int4+int8
     with int4, the file's type with "gguf", else int8). Activations in `dtype` (default bfloat16 when
     quantizing). The quantized weights are cached, so only the first quantized load pays for quantizing.
-    int4_method: "gptq" (rounding errors corrected against the model's own activations on built-in
+    int4_method, for every matrix rounded to int4 (in int4 mode, and an int4 or int4+int8 embedding in any
+    mode): "gptq" (rounding errors corrected against the model's own activations on built-in
     calibration text, opengemma.calibration; about 130 s the first time for the 270M model on 2 CPU cores,
     run on the GPU when loading to one), "rtn"
     (round to nearest), or "auto": GPTQ on a GPU or for models under 1B parameters, else round to nearest
@@ -275,13 +276,15 @@ def _load_quantized_cached(float_dir: Path, mode: str, group_size: int, embeddin
     else:
         embedding = default_embedding_mode(mode) if embedding == "default" else embedding
     # the file's 4-bit blocks are taken as they are, not rounded again (read only when quantizing)
-    keep4 = gguf_path is not None and group_size == 32 and (mode in ("gguf", "int4") or embedding in ("int4", "int4+int8"))
-    gptq = mode == "int4" and resolve_int4_method(int4_method, float_dir, device) == "gptq"
+    rounds4 = mode == "int4" or embedding in ("int4", "int4+int8")  # some matrix is rounded to int4 groups
+    keep4 = gguf_path is not None and group_size == 32 and (mode == "gguf" or rounds4)
+    # every matrix rounded to int4 (an int4 or int4+int8 embedding in int8 / gguf mode too) by one method
+    gptq = rounds4 and resolve_int4_method(int4_method, float_dir, device) == "gptq"
     if gptq and not (float_dir / "tokenizer.model").exists():
         warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
                       "int4 falls back to round-to-nearest")
         gptq = False
-    tag = (f"{mode}-g{group_size}" + (f"-gptq-{CALIBRATION_ID}" if gptq else "")) if mode == "int4" else mode
+    tag = mode + (f"-g{group_size}" if rounds4 else "") + (f"-gptq-{CALIBRATION_ID}" if gptq else "")
     tag += ("-q4kept" if keep4 else "") + f"-emb{'file' if embedding == 'default' else embedding or 'float'}"
     qdir = (cache_root() / "quantized" /
             f"{float_dir.name}-{key}-v{QUANT_CACHE_VERSION}-{tag}-{str(dtype).removeprefix('torch.')}")

@@ -286,6 +286,19 @@ def test_load_with_quantize_caches_the_quantized_weights(tmp_path, monkeypatch):
         opengemma.load(tmp_path / "ckpt", quantize="int3")
 
 
+def test_int4_embedding_of_an_int8_model_has_its_own_group_size_and_method(tmp_path, monkeypatch):
+    """An int4 output matrix under quantize="int8" is cached per group size (the cache once ignored it), and
+    it is rounded by int4_method like every int4 matrix: GPTQ needs the tokenizer for its calibration text."""
+    monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
+    save_hf_dir(tiny(), tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        groups = [opengemma.load(tmp_path / "ckpt", quantize="int8", embedding_quantize="int4", group_size=g,
+                                 int4_method="rtn").model.embed.table.group_size for g in (32, 64)]
+    assert groups == [32, 64]
+    with pytest.warns(UserWarning, match="falls back to round-to-nearest"):
+        opengemma.load(tmp_path / "ckpt", quantize="int8", embedding_quantize="int4+int8")
+
+
 def _correlated_layer(N=256, K=512, n=4096):
     """A weight and inputs with correlated, unevenly scaled features, as real activations have."""
     g = torch.Generator().manual_seed(0)

@@ -189,6 +189,32 @@ def test_gguf_mode_keeps_the_files_quantization(tmp_path, monkeypatch):
         assert torch.equal(again(tok), out)
 
 
+def test_gguf_mode_with_the_int4_int8_output_layer_keeps_everything_else(tmp_path, monkeypatch):
+    """quantize="gguf", embedding_quantize="int4+int8": the file's matrices as gguf mode keeps them, and the
+    output layer's int8 table as gguf mode's; only the int4 copy that decode scores with is new."""
+    from opengemma.quantize import RescoredEmbedding
+
+    monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
+    path = save_gguf(random_model("tiny-gemma3"), tmp_path / "m.gguf", qtype="Q4_0",
+                     qtypes={"layers.0.attn.k_proj.weight": "Q5_0", "embed.weight": "Q8_0"})
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        kept = opengemma.load(path, quantize="gguf").model
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        fast = opengemma.load(path, quantize="gguf", embedding_quantize="int4+int8", int4_method="rtn").model
+    assert isinstance(fast.embed, RescoredEmbedding) and fast.quantization["formats"] == kept.quantization["formats"]
+    a, b = kept.state_dict(), fast.state_dict()
+    assert {k for k in b if not k.startswith("embed.approx")} == set(a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    tok = tokens(fast.config)
+    with torch.no_grad():
+        h = fast(tok, hidden=True)[0]  # one row at a time, as decode scores: the int4 copy's path
+        rows = [h[i:i + 1] for i in range(len(h))]  # (the int8 kernel's sums differ with the row count)
+        got, want = (torch.cat([m.embed.attend(r) for r in rows]) for m in (fast, kept))
+    top = got.topk(8)  # the best 8 tokens and their logits are gguf mode's (ties may come in either order)
+    assert len(h) > 1 and torch.equal(top.values, want.topk(8).values)
+    assert torch.equal(top.values, want.gather(1, top.indices))
+
+
 def test_int4_mode_takes_a_gguf_files_4bit_blocks_as_they_are(tmp_path, monkeypatch):
     from opengemma.quantize import Int4Linear
 
