@@ -24,8 +24,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "model), rtn (round to nearest), auto (default: gptq on a GPU or under 1B parameters)")
     p.add_argument("--embedding-quantize", choices=["int8", "int4", "int4+int8", "none"], default=None,
                    help="quantization of the tied embedding/output matrix (default: int4+int8 with --quantize "
-                        "int4, else int8); int4+int8: decode scores with int4 and recomputes the best 64 tokens' "
-                        "logits in int8 (int4 speed, the int8 layer's top logits)")
+                        "int4, the file's own with gguf, else int8); int4+int8: decode scores with int4 and recomputes "
+                        "the best 64 tokens' logits in int8 (int4 speed, the int8 layer's top logits)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on for CUDA and for serve, which compiles its "
                         "one shape at start-up; off for CPU generate/chat, where each new shape compiles ~40 s)")
