@@ -223,9 +223,12 @@ def set_gemv(model: nn.Module, on: bool = True) -> nn.Module:
     if on and triton is None:
         raise RuntimeError("the GEMV kernel needs a GPU and Triton (pip install triton; CUDA builds of torch "
                            "bring it)")
+    from .engine.generate import forget_compiled
+
     for m in model.modules():
         if hasattr(type(m), "gemv"):
             m.gemv = on
+    forget_compiled(model)  # a compiled decode step does not re-check module attributes
     for device in {t.device for t in (*model.parameters(), *model.buffers())}:
         _sms(device)  # a traced step then reads a number, never queries the device
     return model

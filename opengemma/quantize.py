@@ -578,6 +578,9 @@ def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.d
     mode "gguf": each matrix as formats[name] says (int8, int4 or float; "embed" for the embedding), what
     a GGUF file's own types map to (weights.gguf.keep_formats). exact: {name: (q, scales, zeros)} int4
     matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd."""
+    from .engine.generate import forget_compiled
+
+    forget_compiled(model)  # its modules are about to change
     int4 = mode == "int4" or "int4" in (formats or {}).values() or embedding in ("int4", "int4+int8")
     moments = input_moments(model, calibration, progress) if calibration is not None and int4 else None
     _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress,

@@ -61,6 +61,24 @@ def test_compiled_decode_gives_the_same_tokens_as_eager():
         [o.tokens for o in generate(model, prompts, compile=False, **kw)]
 
 
+def test_compiled_decode_follows_cache_changes_and_each_model_keeps_its_own():
+    """The compiled step re-checks only the KV caches' guards (cache_guards_only): new cache shapes (batch
+    size, ring length) still recompile, and another model, even of the same shapes, has its own step."""
+    import copy
+
+    from opengemma.quantize import quantize_model
+
+    a, b = tiny(), tiny(seed=1)
+    c = copy.deepcopy(a).to(torch.bfloat16)  # same shapes, another dtype: a's graph would be wrong for it
+    d = quantize_model(copy.deepcopy(a), "int8", dtype=torch.float32)  # same caches, other modules
+    two, one = [list(range(2, 30)), [2, 9, 10, 11]], [[2, 50, 51, 52, 53]]
+    for model, prompts, chunk in ((a, two, 8), (a, one, 8), (a, two, 4), (b, two, 8), (c, two, 8), (d, two, 8),
+                                  (a, two, 8)):
+        kw = dict(max_new_tokens=12, prefill_chunk=chunk)
+        assert [o.tokens for o in generate(model, prompts, compile=True, **kw)] == \
+            [o.tokens for o in generate(model, prompts, compile=False, **kw)], (model.config.name, len(prompts), chunk)
+
+
 def test_sync_every_does_not_change_results():
     model = tiny()
     prompts = [list(range(2, 12)), [2, 3]]
