@@ -252,17 +252,18 @@ class Gemma(nn.Module):
         for kind in ("global", "local"):
             self.register_buffer(f"slot_pos_{kind}", None, persistent=False)
 
+    def cache_tensors(self) -> list[torch.Tensor]:
+        """Everything the cache holds, rows first: each layer's keys and values, and the slot positions."""
+        kv = [t for layer in self.layers if layer.attn.kv_cache is not None
+              for t in (layer.attn.kv_cache.k, layer.attn.kv_cache.v)]
+        pos = [getattr(self, f"slot_pos_{kind}", None) for kind in ("global", "local")]
+        return kv + [p for p in pos if p is not None]
+
     def copy_cache_row(self, src: int = 0) -> None:
         """Copy one row's cached keys, values and slot positions into every row (a shared prompt prefix
         computed once, e.g. few-shot examples scored against many continuations)."""
-        for layer in self.layers:
-            cache = layer.attn.kv_cache
-            cache.k.copy_(cache.k[src:src + 1].expand_as(cache.k))
-            cache.v.copy_(cache.v[src:src + 1].expand_as(cache.v))
-        for kind in ("global", "local"):
-            pos = getattr(self, f"slot_pos_{kind}", None)
-            if pos is not None:
-                pos.copy_(pos[src:src + 1].expand_as(pos))
+        for t in self.cache_tensors():
+            t.copy_(t[src:src + 1].expand_as(t))
 
     def select_cache_rows(self, index: torch.Tensor) -> None:
         """Keep the cache rows `index` (R,), in that order, repeats allowed: a context computed once,

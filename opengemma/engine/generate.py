@@ -87,10 +87,7 @@ def cache_guards_only(model: Gemma) -> Callable:
     ref = weakref.ref(model)
 
     def keep(entries) -> list[bool]:
-        m = ref()
-        caches = {id(t) for layer in m.layers if layer.attn.kv_cache is not None
-                  for t in (layer.attn.kv_cache.k, layer.attn.kv_cache.v)}
-        caches |= {id(getattr(m, f"slot_pos_{kind}", None)) for kind in ("global", "local")}
+        caches = {id(t) for t in ref().cache_tensors()}
         return [not e.orig_guard.source.is_unspecialized_nn_module()
                 or (e.guard_type == "TENSOR_MATCH" and e.has_value and id(e.value) in caches) for e in entries]
 
