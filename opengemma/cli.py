@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -96,9 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
     d.add_argument("--force", action="store_true", help="download again")
 
-    from .eval.memorization import add_cli as add_memorization_cli
-
-    add_memorization_cli(sub)  # eval-memorization: the paper's memorization study
+    mz = sub.add_parser("eval-memorization", help="exact/approximate memorization rates on a corpus (the paper's "
+                                                   "memorization study)")
+    _add_model_args(mz)
+    mz.add_argument("--corpus", required=True, help="a text file, a directory of .txt/.md files, or a .jsonl "
+                                                    'file with a "text" field; each file/record is a document')
+    mz.add_argument("-n", type=int, default=10000, help="sequences to test (default 10000, as the paper)")
+    mz.add_argument("--unit", choices=["document", "window"], default="document",
+                    help="document: the start of each document; window: spans from line starts anywhere "
+                         "(corpora of a few long documents)")
+    mz.add_argument("--prefix-len", type=int, default=50)
+    mz.add_argument("--suffix-len", type=int, default=50)
+    mz.add_argument("--batch-size", type=int, default=16)
+    mz.add_argument("--seed", type=int, default=0)
+    mz.add_argument("--output", default="memorization", help="directory for memorization.json / .md")
 
     i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
     i.add_argument("src", help="preset name, HF layout directory or .gguf file")
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         func = getattr(args, "func", None) or {
             "generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info, "serve": cmd_serve,
-            "eval": cmd_eval, "data": cmd_data}[args.command]
+            "eval": cmd_eval, "data": cmd_data, "eval-memorization": cmd_eval_memorization}[args.command]
         return func(args)
     except (ModelNotFoundError, CheckpointError, PromptTooLongError, FileNotFoundError, ValueError,
             RuntimeError, KeyError) as e:
@@ -245,6 +257,32 @@ def cmd_data(args) -> int:
     for source in args.sources:
         path = data.get(source, force=args.force) if args.action == "get" else data.data_path(source)
         print(path)
+    return 0
+
+
+def cmd_eval_memorization(args) -> int:
+    from .eval.memorization import evaluate_memorization, read_corpus, sample_sequences, write_report
+
+    start = time.perf_counter()
+    llm = _load(args)
+    tok = llm._require_tokenizer()
+    docs = read_corpus(args.corpus)
+    samples = sample_sequences(docs, lambda s: tok.encode(s, bos=False), args.n, args.prefix_len + args.suffix_len,
+                               unit=args.unit, seed=args.seed)
+    if not samples:
+        raise ValueError(f"{args.corpus}: nothing of {args.prefix_len + args.suffix_len} tokens to sample")
+    if len(samples) < args.n:
+        print(f"note: {args.n} requested, only {len(samples)} {args.unit}s available: using all of them",
+              file=sys.stderr)
+    result = evaluate_memorization(llm.model, samples, args.prefix_len, args.suffix_len, args.batch_size,
+                                   bos_id=tok.bos_id, decode=tok.decode, compile=llm.compile)
+    settings = {"model": llm.name, "corpus": str(args.corpus), "documents": len(docs), "unit": args.unit,
+                "n_requested": args.n, "n_evaluated": len(samples), "seed": args.seed,
+                "batch_size": args.batch_size, "dtype": str(llm.model.norm.weight.dtype).removeprefix("torch."),
+                "quantize": args.quantize, "device": str(llm.model.norm.weight.device),
+                "seconds": round(time.perf_counter() - start, 1)}
+    _, md_path = write_report(result, args.output, settings)
+    print(md_path.read_text(), end="")
     return 0
 
 

@@ -1,6 +1,5 @@
 """The memorization study: edit distance, thresholds, Wilson intervals, corpus sampling, and a tiny model
 trained to memorize four documents (text through a character tokenizer) evaluated end to end."""
-import argparse
 import functools
 import json
 import random
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 import opengemma.cli
 from opengemma.api import LLM
 from opengemma.config import GemmaConfig
-from opengemma.eval.memorization import (add_cli, evaluate_memorization, read_corpus, sample_sequences,
+from opengemma.eval.memorization import (evaluate_memorization, read_corpus, sample_sequences,
                                          scan_memorized, score_continuations, token_edit_distance,
                                          wilson_interval)
 from opengemma.model import Gemma
@@ -257,14 +256,12 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     for i, d in enumerate(SEEN):
         (corpus / f"{i}.txt").write_text(d)
     (corpus / "short.txt").write_text("too short to test")
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval-memorization", "--corpus", str(corpus), "-n", "10", "--batch-size", "2",
+    args = opengemma.cli.build_parser().parse_args(["eval-memorization", "--corpus", str(corpus), "-n", "10", "--batch-size", "2",
                               "--output", str(tmp_path / "out"), "-q", "int8"])
     assert (args.model, args.prefix_len, args.suffix_len, args.quantize) == ("gemma-3-270m", 50, 50, "int8")
     llm = LLM(memorizing_model(), TOK, name="tiny-memorizer")
     monkeypatch.setattr(opengemma.cli, "_load", lambda a: llm)
-    assert args.func(args) == 0
+    assert opengemma.cli.cmd_eval_memorization(args) == 0
     report = json.loads((tmp_path / "out" / "memorization.json").read_text())
     assert report["settings"]["n_requested"] == 10 and report["settings"]["n_evaluated"] == 4
     assert report["settings"]["model"] == "tiny-memorizer" and report["settings"]["quantize"] == "int8"

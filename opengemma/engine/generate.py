@@ -11,7 +11,7 @@ from __future__ import annotations
 import types
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -130,13 +130,27 @@ def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
     return longest
 
 
-def prefill(model: Gemma, tokens: torch.Tensor, pad: torch.Tensor | None, chunk: int) -> torch.Tensor:
-    """Feed (B, L) prompt tokens through the cache in chunks; returns the last position's logits (B, V)."""
+def prefill_chunks(model: Gemma, tokens: torch.Tensor, start: int = 0, chunk: int = 256, *,
+                   pad: torch.Tensor | None = None, row: int | None = None, last_only: bool = False,
+                   hidden: bool = False, bounded: bool = True) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Feed (B, L) tokens through the KV cache at positions start .. start + L - 1, `chunk` tokens per forward
+    (chunks bound the attention matrices and the sliding-window rings: setup_cache's prefill_chunk); yields
+    (s, e, out) per chunk, out the model's output for tokens[:, s:e] (logits, or hidden states with hidden).
+    bounded: the cache holds nothing at or past the chunk's end (filled from position 0 in order), so
+    attention reads only the slots before it (Gemma.forward's `end`); False for rows joining a running ring.
+    The one prefill loop of generation, continuous batching and exact scoring (engine/score.py)."""
     L = tokens.shape[1]
-    device = tokens.device
     for s in range(0, L, chunk):
         e = min(s + chunk, L)
-        logits = model(tokens[:, s:e], torch.arange(s, e, device=device), pad=pad, last_only=True, end=e)
+        out = model(tokens[:, s:e], torch.arange(start + s, start + e, device=tokens.device), pad=pad, row=row,
+                    last_only=last_only, end=start + e if bounded else None, hidden=hidden)
+        yield s, e, out
+
+
+def prefill(model: Gemma, tokens: torch.Tensor, pad: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """Feed (B, L) prompt tokens through the cache in chunks; returns the last position's logits (B, V)."""
+    for _, _, logits in prefill_chunks(model, tokens, 0, chunk, pad=pad, last_only=True):
+        pass
     return logits[:, -1]
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..model import Gemma
-from .generate import PromptTooLongError, compiled_decode_step, decode_step
+from .generate import PromptTooLongError, compiled_decode_step, decode_step, prefill_chunks
 from .sampling import sample
 
 
@@ -191,11 +191,10 @@ class Scheduler:
         prompt = list(req.prompt)
         start = self.clock - len(prompt)
         self.pad[row] = start
-        for s in range(0, len(prompt), self.prefill_chunk):
-            ids = prompt[s:s + self.prefill_chunk]
-            logits = self.model(torch.tensor([ids], device=self.device),
-                                torch.arange(start + s, start + s + len(ids), device=self.device),
-                                pad=self.pad[row:row + 1], row=row, last_only=True)
+        for _, _, logits in prefill_chunks(self.model, torch.tensor([prompt], device=self.device), start,
+                                           self.prefill_chunk, pad=self.pad[row:row + 1], row=row, last_only=True,
+                                           bounded=False):
+            pass
         u = torch.rand(1, generator=gen).to(self.device)
         self.next_tok[row] = sample(logits[:, -1], self.temperature[row:row + 1], self.top_k[row:row + 1],
                                     self.top_p[row:row + 1], u)[0]

@@ -11,13 +11,10 @@ score intervals, and the sensitive-data detector (eval/sensitive.py) is run over
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -290,51 +287,3 @@ def write_report(result: MemorizationResult, output: str | Path, settings: dict)
     json_path.write_text(json.dumps({"settings": settings, **result.summary()}, indent=2) + "\n")
     md_path.write_text(markdown_table(result, settings.get("model", "")))
     return json_path, md_path
-
-
-# -- command line ------------------------------------------------------------------------------------
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register `opengemma eval-memorization` on the CLI's subparsers (func=cmd_eval_memorization)."""
-    from ..cli import _add_model_args  # here, not at import time: cli.py imports this module
-
-    p = subparsers.add_parser("eval-memorization", help="exact/approximate memorization rates on a corpus")
-    _add_model_args(p)
-    p.add_argument("--corpus", required=True, help="a text file, a directory of .txt/.md files, or a .jsonl "
-                                                   'file with a "text" field; each file/record is a document')
-    p.add_argument("-n", type=int, default=10000, help="sequences to test (default 10000, as the paper)")
-    p.add_argument("--unit", choices=["document", "window"], default="document",
-                   help="document: the start of each document; window: spans from line starts anywhere "
-                        "(corpora of a few long documents)")
-    p.add_argument("--prefix-len", type=int, default=50)
-    p.add_argument("--suffix-len", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="memorization", help="directory for memorization.json / .md")
-    p.set_defaults(func=cmd_eval_memorization)
-    return p
-
-
-def cmd_eval_memorization(args) -> int:
-    from ..cli import _load
-
-    start = time.perf_counter()
-    llm = _load(args)
-    tok = llm._require_tokenizer()
-    docs = read_corpus(args.corpus)
-    samples = sample_sequences(docs, lambda s: tok.encode(s, bos=False), args.n, args.prefix_len + args.suffix_len,
-                               unit=args.unit, seed=args.seed)
-    if not samples:
-        raise ValueError(f"{args.corpus}: nothing of {args.prefix_len + args.suffix_len} tokens to sample")
-    if len(samples) < args.n:
-        print(f"note: {args.n} requested, only {len(samples)} {args.unit}s available: using all of them",
-              file=sys.stderr)
-    result = evaluate_memorization(llm.model, samples, args.prefix_len, args.suffix_len, args.batch_size,
-                                   bos_id=tok.bos_id, decode=tok.decode, compile=llm.compile)
-    settings = {"model": llm.name, "corpus": str(args.corpus), "documents": len(docs), "unit": args.unit,
-                "n_requested": args.n, "n_evaluated": len(samples), "seed": args.seed,
-                "batch_size": args.batch_size, "dtype": str(llm.model.norm.weight.dtype).removeprefix("torch."),
-                "quantize": args.quantize, "device": str(llm.model.norm.weight.device),
-                "seconds": round(time.perf_counter() - start, 1)}
-    _, md_path = write_report(result, args.output, settings)
-    print(md_path.read_text(), end="")
-    return 0
