@@ -219,7 +219,7 @@ def main() -> None:
         return value
 
     def decode(name, mode, batch=1):
-        from opengemma.kernels import set_gemv
+        from opengemma.engine.generate import set_gemv
 
         model = models[name]
         base, gemv = mode.removesuffix("-gemv"), mode.endswith("-gemv")  # -gemv: the Triton GEMV kernel

@@ -186,7 +186,7 @@ def split_k(N: int, K: int, group_size: int, sms: int) -> int:
     return split
 
 
-_SMS: dict[tuple[str, int | None], int] = {}  # multiprocessors per device, filled eagerly (set_gemv, first call)
+_SMS: dict[tuple[str, int | None], int] = {}  # multiprocessors per device, filled eagerly (prime_devices, first call)
 
 
 def _sms(device: torch.device) -> int:
@@ -216,19 +216,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(x, weight)
 
 
-def set_gemv(model: nn.Module, on: bool = True) -> nn.Module:
-    """Route the few-row products of every module that can take the kernel (model.Linear, the embedding's
-    output layer, Int8Linear, Int4Linear) through it (on) or through torch's kernels (off). Per module, so a
-    compiled step sees a constant."""
-    if on and triton is None:
-        raise RuntimeError("the GEMV kernel needs a GPU and Triton (pip install triton; CUDA builds of torch "
-                           "bring it)")
-    from .engine.generate import forget_compiled
-
-    for m in model.modules():
-        if hasattr(type(m), "gemv"):
-            m.gemv = on
-    forget_compiled(model)  # a compiled decode step does not re-check module attributes
-    for device in {t.device for t in (*model.parameters(), *model.buffers())}:
-        _sms(device)  # a traced step then reads a number, never queries the device
-    return model
+def prime_devices(devices) -> None:
+    """Read each device's multiprocessor count now, so that a traced decode step reads a number and never
+    queries the device (engine.generate.set_gemv calls it when switching the kernel on)."""
+    for device in devices:
+        _sms(device)

@@ -80,7 +80,7 @@ class KVCache(nn.Module):
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose few-row products can go to the Triton GEMV kernel on GPU (kernels.set_gemv; off by
+    """nn.Linear whose few-row products can go to the Triton GEMV kernel on GPU (engine.generate.set_gemv; off by
     default; Gemma's projections have no bias)."""
     gemv = False
 

@@ -10,7 +10,7 @@ tied embedding/output matrix -> Int8Embedding / Int4Embedding. Activations stay 
   w = (q - 8) * scale + zero. Kernels: aten._weight_int4pack_mm_for_cpu / aten._weight_int4pack_mm (CUDA),
   which want the weights in their own packed layout; the portable form (two nibbles a byte, low first)
   is what is saved, and what the embedding lookup reads.
-- GPU, optional (kernels.set_gemv): products of at most kernels.GEMV_MAX_M rows (decode) go to a Triton
+- GPU, optional (engine.generate.set_gemv): products of at most kernels.GEMV_MAX_M rows (decode) go to a Triton
   GEMV kernel that reads int8 and portable int4 weights directly (opengemma/kernels.py).
 - int4 rounding: to nearest with a per-group clipping search, or GPTQ (gptq_int4) given each layer's input
   statistics on calibration text (input_moments; opengemma.calibration), which the loader does by default.
@@ -167,7 +167,7 @@ def _int8_mm(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> to
 
 # -- modules ------------------------------------------------------------------------------------------
 class Int8Linear(nn.Module):
-    gemv = False  # few-row products through the Triton GEMV kernel on GPU (kernels.set_gemv)
+    gemv = False  # few-row products through the Triton GEMV kernel on GPU (engine.generate.set_gemv)
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16, device=None):
         super().__init__()
@@ -210,7 +210,7 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    gemv = False  # few-row products through the Triton GEMV kernel, from the portable layout (kernels.set_gemv)
+    gemv = False  # few-row products through the Triton GEMV kernel, from the portable layout (engine.generate.set_gemv)
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64,
                  dtype: torch.dtype = torch.bfloat16, device=None):
@@ -578,9 +578,6 @@ def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.d
     mode "gguf": each matrix as formats[name] says (int8, int4 or float; "embed" for the embedding), what
     a GGUF file's own types map to (weights.gguf.keep_formats). exact: {name: (q, scales, zeros)} int4
     matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd."""
-    from .engine.generate import forget_compiled
-
-    forget_compiled(model)  # its modules are about to change
     int4 = mode == "int4" or "int4" in (formats or {}).values() or embedding in ("int4", "int4+int8")
     moments = input_moments(model, calibration, progress) if calibration is not None and int4 else None
     _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress,

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from opengemma.engine.generate import compiled_decode_step, decode_compile_options, generate
+from opengemma.engine.generate import compiled_decode_step, decode_compile_options, generate, set_gemv
 from opengemma.engine.scheduler import Request, Scheduler
 from opengemma.quantize import Int4Linear, Int8Linear, prepare_quantized, quantize_model
 from hf_utils import tiny_model
@@ -195,7 +195,7 @@ def test_cuda_gemv_decode_compiled_equals_eager_in_one_graph(mode):
     model = tiny(std=0.1, **WIDE)
     if mode is not None:
         model = quantize_model(model, mode, group_size=32, embedding=mode)
-    model = kernels.set_gemv(model.to(DEV).to(torch.bfloat16) if mode is None else model.to(DEV))
+    model = set_gemv(model.to(DEV).to(torch.bfloat16) if mode is None else model.to(DEV))
     prepare_quantized(model)
     skips = cudagraph_skips()
     for prompts in (PROMPTS[:2], PROMPTS[:1]):  # M = 2 and M = 1 in every product of the decode step

@@ -79,6 +79,26 @@ def test_compiled_decode_follows_cache_changes_and_each_model_keeps_its_own():
             [o.tokens for o in generate(model, prompts, compile=False, **kw)], (model.config.name, len(prompts), chunk)
 
 
+def test_compiled_decode_notices_a_model_changed_in_place():
+    """Nobody tells the engine that a model changed: modules swapped in place (quantize_model) or weights
+    cast to another dtype after a compiled generate are noticed (module_fingerprint) and compiled afresh."""
+    from opengemma.quantize import quantize_model
+
+    model = tiny()
+    prompts = [list(range(2, 30)), [2, 9, 10, 11]]
+
+    def same():
+        kw = dict(max_new_tokens=12, prefill_chunk=8)
+        return [o.tokens for o in generate(model, prompts, compile=True, **kw)] == \
+            [o.tokens for o in generate(model, prompts, compile=False, **kw)]
+
+    assert same()
+    quantize_model(model, "int8", dtype=torch.float32)  # the same object
+    assert same()
+    model.to(torch.bfloat16)
+    assert same()
+
+
 def test_sync_every_does_not_change_results():
     model = tiny()
     prompts = [list(range(2, 12)), [2, 3]]

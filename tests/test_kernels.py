@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from opengemma import kernels
-from opengemma.engine.generate import generate
+from opengemma.engine.generate import generate, set_gemv
 from opengemma.model import Linear
 from opengemma.quantize import (Int4Linear, Int8Linear, dequantize_int4, pack_int4, quantize_int4, quantize_int8,
                                 quantize_model)
@@ -96,7 +96,7 @@ def test_model_with_gemv_gives_the_same_logits_and_tokens(mode):
     model = tiny_model("tiny-gemma3", std=0.3)
     if mode is not None:
         model = quantize_model(model, mode, group_size=32, dtype=torch.float32, embedding=mode)
-    gm = kernels.set_gemv(copy.deepcopy(model))
+    gm = set_gemv(copy.deepcopy(model))
     flags = [m.gemv for m in gm.modules() if hasattr(type(m), "gemv")]
     assert flags and all(flags) and not any(m.gemv for m in model.modules() if hasattr(type(m), "gemv"))
     tok = torch.tensor([[2, 17, 99, 5]])
@@ -110,8 +110,8 @@ def test_model_with_gemv_gives_the_same_logits_and_tokens(mode):
 
 
 def test_set_gemv_off_restores_torch_kernels():
-    model = kernels.set_gemv(tiny_model("tiny-gemma"))
-    kernels.set_gemv(model, False)
+    model = set_gemv(tiny_model("tiny-gemma"))
+    set_gemv(model, False)
     assert not any(m.gemv for m in model.modules() if hasattr(type(m), "gemv"))
 
 
@@ -122,7 +122,7 @@ def test_decode_step_with_gemv_is_one_graph_and_compiles_to_the_eager_tokens(mod
     model = tiny_model("tiny-gemma3", std=0.3)
     if mode is not None:
         model = quantize_model(model, "int4", group_size=32, dtype=torch.float32, embedding=mode)
-    explanation = explain_decode_step(kernels.set_gemv(model))
+    explanation = explain_decode_step(set_gemv(model))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert "opengemma.gemv" in str(explanation.graphs[0].graph)
     if mode is None:  # one compile (~30 s on 2 cores) is enough for the tier

@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ..model import Gemma
+from .. import kernels
+from ..model import Gemma, KVCache
 from .sampling import as_row_tensor, sample
 
 
@@ -83,7 +84,8 @@ def cache_guards_only(model: Gemma) -> Callable:
     KV caches and slot positions change (setup_cache and select_cache_rows replace them, possibly with other
     shapes), so guards on those and on everything outside the model (the step's arguments, global state) are
     kept, and the rest (weights, module attributes) is checked when compiling only. Inductor still asserts
-    each input's size and stride on every call. A model changed after compiling needs forget_compiled()."""
+    each input's size and stride on every call; what the filter drops, compiled_decode_step checks itself
+    once per call (module_fingerprint)."""
     ref = weakref.ref(model)
 
     def keep(entries) -> list[bool]:
@@ -94,30 +96,55 @@ def cache_guards_only(model: Gemma) -> Callable:
     return keep
 
 
-_compiled: "weakref.WeakKeyDictionary[Gemma, Callable]" = weakref.WeakKeyDictionary()
+def module_fingerprint(model: Gemma) -> tuple:
+    """What a compiled decode step was traced against and its filtered guards no longer re-check: every
+    module's path and type and its `gemv` switch, and every parameter's and buffer's shape, dtype and device
+    (the KV cache aside: its guards stay). A module swap (quantize, LoRA), a switch (set_gemv) or a weight
+    replaced by one of another kind changes it; weights updated in place (an optimizer step) do not, and need
+    no recompile: the step reads them as inputs. Walking ~400 entries costs about a millisecond in Python, so
+    the engine checks it once per generate() call / scheduler start, never per step."""
+    cache = {id(t) for t in model.cache_tensors()}
+    modules = tuple((name, type(m).__name__, getattr(m, "gemv", None)) for name, m in model.named_modules()
+                    if not isinstance(m, KVCache))
+    tensors = tuple((name, tuple(t.shape), t.dtype, t.device)
+                    for name, t in (*model.named_parameters(), *model.named_buffers()) if id(t) not in cache)
+    return modules + tensors
+
+
+_compiled: "weakref.WeakKeyDictionary[Gemma, tuple[Callable, tuple]]" = weakref.WeakKeyDictionary()
 
 
 def compiled_decode_step(model: Gemma) -> Callable:
     """torch.compile'd decode_step for this model: whole-graph, static shapes; CUDA graphs on GPU.
     Dynamo keeps compiled code per code object, shared by every torch.compile of one function, and the
     guards that would tell two models apart are filtered out (cache_guards_only): so each model compiles
-    its own copy of decode_step, whose entries serve that model alone."""
-    fn = _compiled.get(model)
-    if fn is None:
+    its own copy of decode_step, whose entries serve that model alone. The copy is dropped and compiled
+    afresh when the model's modules changed since (module_fingerprint): callers never have to say so."""
+    fingerprint = module_fingerprint(model)
+    fn, seen = _compiled.get(model, (None, None))
+    if fn is None or seen != fingerprint:
         options = dict(decode_compile_options(model.norm.weight.device) or {})
         step = decode_step
         if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):  # guard filters: torch >= 2.7
             options["guard_filter_fn"] = cache_guards_only(model)
             step = types.FunctionType(decode_step.__code__.replace(), decode_step.__globals__, decode_step.__name__)
         fn = torch.compile(step, fullgraph=True, dynamic=False, options=options or None)
-        _compiled[model] = fn
+        _compiled[model] = (fn, fingerprint)
     return fn
 
 
-def forget_compiled(model: Gemma) -> None:
-    """Drop `model`'s compiled decode step (after changing its modules or their attributes: the compiled
-    step does not re-check them); the next compiled generate compiles afresh."""
-    _compiled.pop(model, None)
+def set_gemv(model: Gemma, on: bool = True) -> Gemma:
+    """Route the few-row products of every module that can take the Triton GEMV kernel (model.Linear, the
+    embedding's output layer, Int8Linear, Int4Linear: those with a `gemv` switch) through it (on) or through
+    torch's kernels (off). Per module, so a compiled step sees a constant (and module_fingerprint a change)."""
+    if on and kernels.triton is None:
+        raise RuntimeError("the GEMV kernel needs a GPU and Triton (pip install triton; CUDA builds of torch "
+                           "bring it)")
+    for m in model.modules():
+        if hasattr(type(m), "gemv"):
+            m.gemv = on
+    kernels.prime_devices({t.device for t in (*model.parameters(), *model.buffers())})
+    return model
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
