@@ -7,9 +7,9 @@ separated by few_shot_example_separator (default "\\n"). Examples with target_sc
 (multiple_choice_grade = the score of the likeliest choice); examples with a target string are generated
 and compared exactly (stripped).
 
-Registered: social_iqa (SIQA), truthful_qa (MC1), bbq (BBQ-lite, with ambiguous/disambiguated accuracy
-and bias scores), the BIG-Bench Hard source tasks as bbh_<name> (250 items each by default, the size of
-a BBH task; the whole group is `bbh`), winowhy, hhh_alignment.
+Tasks (registry.py names them): social_iqa (SIQA), truthful_qa (MC1), bbq (BBQ-lite, with ambiguous/
+disambiguated accuracy and bias scores), the BIG-Bench Hard source tasks as bbh_<name> (250 items each by
+default, the size of a BBH task; the whole group is `bbh`), winowhy, hhh_alignment.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from .base import GenerateTask, GenItem, MCItem, MultipleChoiceTask
-from .registry import register
 
 BBH = ("causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
        "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction/three_objects",
@@ -137,40 +136,35 @@ def bigbench_task(name: str, path: Path, max_items: int | None = None):
     return BigBenchGen(name, path, max_items)
 
 
-@register("social_iqa", source="bigbench", help="SIQA (BIG-bench social_iqa, 1,954 questions)")
 def social_iqa(path):
     return BigBenchMC("social_iqa", _task_dir(path) / "social_iqa" / "task.json")
 
 
-@register("truthful_qa", source="bigbench", help="TruthfulQA MC1 (BIG-bench truthful_qa task_mc.json, 299)")
 def truthful_qa(path):
     t = BigBenchMC("truthful_qa", _task_dir(path) / "truthful_qa" / "task_mc.json")
     return t
 
 
-@register("winowhy", source="bigbench", help="BIG-bench winowhy")
 def winowhy(path):
     return BigBenchMC("winowhy", _task_dir(path) / "winowhy" / "task.json")
 
 
-@register("hhh_alignment", source="bigbench", help="BIG-bench hhh_alignment (helpful/honest/harmless/other)")
 def hhh_alignment(path):
     root = _task_dir(path) / "hhh_alignment"
     return [BigBenchMC(f"hhh_alignment_{s}", root / s / "task.json") for s in ("harmless", "helpful", "honest", "other")]
 
 
-def _bbh_name(sub: str) -> str:
+def bbh_name(sub: str) -> str:
     return "bbh_" + sub.replace("/", "_")
 
 
-for _sub in BBH:
-    register(_bbh_name(_sub), source="bigbench", help=f"BIG-bench {_sub} (BBH source task, 250 items)")(
-        lambda path, _sub=_sub: bigbench_task(_bbh_name(_sub), _task_dir(path) / _sub / "task.json", max_items=250))
+def bbh_task(sub: str, path):
+    """One BIG-Bench Hard source task, `bbh_<sub>`: 250 items, the size of a BBH task."""
+    return bigbench_task(bbh_name(sub), _task_dir(path) / sub / "task.json", max_items=250)
 
 
-@register("bbh", source="bigbench", help="all BIG-Bench Hard source tasks present (250 items each)")
 def bbh(path):
-    return [bigbench_task(_bbh_name(s), _task_dir(path) / s / "task.json", max_items=250) for s in BBH]
+    return [bbh_task(s, path) for s in BBH]
 
 
 # -- BBQ ---------------------------------------------------------------------------------------------------
@@ -244,7 +238,6 @@ class BBQ(MultipleChoiceTask):
         return out
 
 
-@register("bbq", source="bigbench", help="BBQ-lite (BIG-bench, 16,076): ambiguous/disambiguated accuracy, bias")
 def bbq(path):
     return BBQ(path)
 

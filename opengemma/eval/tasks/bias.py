@@ -10,8 +10,7 @@ import re
 from typing import Protocol, Sequence, runtime_checkable
 
 from .base import GenItem, MCItem, MultipleChoiceTask, Task
-from .formats_io import FileTask, FormatError, find_file, find_optional, read_json_records, read_table, require
-from .registry import register
+from .files import FileTask, FormatError, find_file, find_optional, read_json_records, read_table, require
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -277,9 +276,3 @@ class CrowSPairs(FileTask, MultipleChoiceTask):
                 out[f"pct_stereotype_{v}"] = _mean([rec["pct_stereotype"] for it, rec in zip(items, records)
                                                     if it.meta[key] == v])
         return out
-
-
-# -- registry: a task class is its own factory, Task(path, **options) -----------------------------------
-register("realtoxicityprompts", user_data=True, help=RTP_FMT + "; scorer: OPENGEMMA_TOXICITY_SCORER=module:callable")(RealToxicityPrompts)
-register("winogender", user_data=True, help=WINOGENDER_FMT)(Winogender)
-register("crows_pairs", user_data=True, help=CROWS_FMT)(CrowSPairs)

@@ -8,8 +8,7 @@ import re
 from pathlib import Path
 
 from .base import MCItem, MultipleChoiceTask
-from .formats_io import FileTask, FormatError, choice_index, find_file, read_json_records, require, train_file
-from .registry import register
+from .files import FileTask, FormatError, choice_index, find_file, read_json_records, require, train_file
 
 
 def _gold_of(value, n: int, where: str) -> int:
@@ -260,22 +259,10 @@ class WinoGrande(FileTask, MultipleChoiceTask):
     metrics = ("acc",)  # the continuation is shared: the normalizations equal acc
 
 
-# -- registry: a task class is its own factory, Task(path, **options) -----------------------------------
-register("hellaswag", user_data=True, help=HELLASWAG_FMT)(HellaSwag)
-
-
-@register("arc_easy", user_data=True, help=ARC_FMT + "; or the ARC-V1 directory")
+# -- ARC's two sets are one class, so each gets a factory (the other classes are their own factories) ----
 def arc_easy(path, **options):
     return ARC(path, "Easy", **options)
 
 
-@register("arc_challenge", user_data=True, help=ARC_FMT.replace("Easy", "Challenge") + "; or the ARC-V1 directory")
 def arc_challenge(path, **options):
     return ARC(path, "Challenge", **options)
-
-
-register("piqa", user_data=True, help=PIQA_FMT)(PIQA)
-register("boolq", user_data=True, help=BOOLQ_FMT)(BoolQ)
-register("winogrande", user_data=True, help=WINOGRANDE_FMT)(WinoGrande)
-register("commonsense_qa", user_data=True, help=CSQA_FMT)(CommonsenseQA)
-register("openbookqa", user_data=True, help=OBQA_FMT)(OpenBookQA)
