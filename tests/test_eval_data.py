@@ -65,7 +65,7 @@ def test_real_model_letter_scores_equal_a_plain_forward(mmlu_task):
 
     import opengemma
     from opengemma.eval.harness import run_task
-    from opengemma.eval.lm import Scorer
+    from opengemma.eval.scorer import Scorer
 
     llm = opengemma.load("gemma-3-270m", progress=False)
     scorer = Scorer(llm, batch_size=4, progress=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opengemma.eval.lm import Scorer
+from opengemma.eval.scorer import Scorer
 from opengemma.eval.tasks.bias import CrowSPairs, LexiconToxicity, RealToxicityPrompts, Winogender, load_toxicity_scorer
 from opengemma.eval.tasks.generation import GSM8K, MATH, MBPP, NaturalQuestions, TriviaQA, normalize_math, number_text
 from opengemma.eval.tasks.multiple_choice import ARC, PIQA, BoolQ, CommonsenseQA, HellaSwag, OpenBookQA, WinoGrande

@@ -1,10 +1,11 @@
-"""The evaluation scorer: shared-prefix batched log-likelihoods equal scoring each request alone."""
+"""The exact scorer (engine.score, behind evaluation): shared-prefix batched log-likelihoods equal scoring each
+request alone."""
 import random
 
 import pytest
 import torch
 
-from opengemma.eval.lm import Scorer
+from opengemma.engine.score import Scorer
 from hf_utils import tiny_model
 
 

@@ -24,7 +24,7 @@ def test_local_task_through_simple_evaluate_equals_native(tmp_path):
 
     import opengemma
     from opengemma.eval.harness import run_task
-    from opengemma.eval.lm import Scorer
+    from opengemma.eval.scorer import Scorer
     from opengemma.eval.lm_eval_adapter import OpenGemmaLM
     from opengemma.eval.tasks.base import MCItem, MultipleChoiceTask
 
@@ -67,7 +67,7 @@ def test_rolling_and_generate_until():
     from lm_eval.api.instance import Instance
 
     import opengemma
-    from opengemma.eval.lm import Scorer
+    from opengemma.eval.scorer import Scorer
     from opengemma.eval.lm_eval_adapter import OpenGemmaLM
 
     llm = opengemma.load("gemma-3-270m", progress=False)

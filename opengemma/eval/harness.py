@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from .lm import Scorer
+from .scorer import Scorer
 from .tasks.base import CodeTask, GenerateTask, MultipleChoiceTask, PerplexityTask, Task, binomial_stderr, \
     majority, mean_stderr, pass_at_k
 

@@ -17,7 +17,7 @@ import lm_eval.api.model
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from .lm import Scorer
+from .scorer import Scorer
 
 
 @register_model("opengemma")

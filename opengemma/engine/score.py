@@ -1,16 +1,17 @@
-"""Scoring and generation for evaluations, batched through the engine.
+"""Exact log-likelihoods of token ids through the KV cache: sum of log p(continuation | context) per request
+(evaluation's multiple choice, and later DPO's reference log-probs and RLHF's KL term), and rolling windows
+over whole sequences (perplexity).
 
-Log-likelihood requests (context, continuation) are turned into *rows*: token sequences, each carrying the
-targets scored inside it. Sequences are sorted, so one that is a prefix of the next (a context whose
-single-token answers " A", " B", ... are all read at its last position, or a shorter choice) is scored
-inside the longer row, and neighbours share their longest common prefix (the few-shot examples): a
-batch computes that prefix once into the cache of row 0, copies it to every row, and runs only the
-rows' suffixes. Scores are exact log-probabilities, the same as scoring each request alone (tested).
+Requests are turned into *rows*: token sequences, each carrying the targets scored inside it. Sequences are
+sorted, so one that is a prefix of the next (a context whose single-token answers " A", " B", ... are all
+read at its last position, or a shorter choice) is scored inside the longer row, and neighbours share their
+longest common prefix (the few-shot examples): a batch computes that prefix once into the cache of row 0,
+copies it to every row, and runs only the rows' suffixes. Scores are exact log-probabilities, the same as
+scoring each request alone in a plain forward (tested).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model import Gemma
+from .generate import prefill_chunks
 
 
 SHARED = 32  # tokens in common (and half the row) that make rows one cluster, batched with its prefix once
@@ -44,64 +46,25 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Scorer:
-    """Exact log-likelihoods and generations for a model (an `LLM`, or a `Gemma` plus a tokenizer).
+    """Exact log-likelihoods of token-id requests for a model, batched through its KV cache.
 
     max_len: the longest sequence scored at once; longer contexts are cut on the left.
     batch_size: rows per forward; token_budget caps rows x longest row (the KV cache's size).
-    compile: generation's compiled decode step (None: on for CUDA; on CPU each new shape compiles ~40 s).
+    chunk: tokens per forward (setup_cache's prefill_chunk). progress: a progress bar per call.
     """
 
-    def __init__(self, llm, tokenizer=None, *, batch_size: int = 16, max_len: int = 2048,
-                 token_budget: int = 32768, chunk: int = 256, progress: bool = True,
-                 compile: bool | None = None):
-        if isinstance(llm, Gemma):
-            self.model, self.tokenizer = llm, tokenizer
-        else:
-            self.model, self.tokenizer = llm.model, tokenizer or llm.tokenizer
-            compile = llm.compile if compile is None else compile
+    def __init__(self, model: Gemma, *, batch_size: int = 16, max_len: int = 2048, token_budget: int = 32768,
+                 chunk: int = 256, progress: bool = True):
+        self.model = model
         self.batch_size, self.token_budget, self.chunk, self.progress = batch_size, token_budget, chunk, progress
-        self.compile = compile
-        self.max_len = min(max_len, self.model.config.max_seq_len)
-        self.device = self.model.norm.weight.device
-        self.bos = self.model.config.bos_id
+        self.max_len = min(max_len, model.config.max_seq_len)
+        self.device = model.norm.weight.device
 
-    # -- text level ----------------------------------------------------------------------------------
-    def encode_pair(self, context: str, continuation: str, cache: dict | None = None) -> tuple[list[int], list[int]]:
-        """Token ids of <bos> + context and of the continuation. The pair is encoded as one text and split
-        where the context's own encoding ends, so merges across the boundary are the model's usual ones.
-        Trailing spaces of the context move to the continuation ("A: " + "Paris" scores "▁Paris", the
-        token the model would write, not "▁" then "Paris")."""
-        tok = self.tokenizer
-        n = len(context) - len(context.rstrip(" "))
-        if n:
-            context, continuation = context[:-n], context[-n:] + continuation
-        ctx = cache.get(context) if cache is not None else None
-        if ctx is None:
-            ctx = tok.encode(context, bos=True)
-            if cache is not None:
-                cache[context] = ctx
-        whole = tok.encode(context + continuation, bos=True)
-        if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
-            return ctx, whole[len(ctx):]
-        return ctx, tok.encode(continuation, bos=False)
-
-    def loglikelihood(self, requests: Sequence[tuple[str, str]], desc: str = "scoring") -> list[tuple[float, bool, int]]:
-        """(context, continuation) -> (sum of log p(continuation tokens), whether greedy decoding would produce
-        exactly them, number of continuation tokens)."""
-        encoded: dict[str, list[int]] = {}  # each distinct context is encoded once (MMLU: four letters each)
-        pairs = [self.encode_pair(c, x, encoded) for c, x in requests]
-        return self.loglikelihood_tokens(pairs, desc=desc)
-
-    def loglikelihood_rolling(self, texts: Sequence[str], stride: int | None = None,
-                              desc: str = "perplexity") -> list[tuple[float, int]]:
-        """Log-likelihood of whole texts (after <bos>), in windows of max_len tokens that advance by `stride`
-        (default max_len // 2: each token is predicted with at least half a window of context)."""
-        seqs = [[self.bos] + self.tokenizer.encode(t, bos=False) for t in texts]
-        return self.rolling_tokens(seqs, stride=stride, desc=desc)
-
-    # -- token level ---------------------------------------------------------------------------------
     def loglikelihood_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "scoring"
                              ) -> list[tuple[float, bool, int]]:
+        """(context ids, continuation ids) -> (sum of log p(continuation ids | context ids), whether greedy
+        decoding would produce exactly them, number of continuation ids). The context includes <bos>; a
+        context longer than max_len less the continuation is cut on the left."""
         rows = []
         for i, (ctx, cont) in enumerate(pairs):
             if not cont:
@@ -120,7 +83,9 @@ class Scorer:
 
     def rolling_tokens(self, seqs: Sequence[list[int]], stride: int | None = None, desc: str = "perplexity"
                        ) -> list[tuple[float, int]]:
-        """Sum of log p over seq[1:] for each token sequence (seq[0] is <bos>), and the token count."""
+        """Sum of log p over seq[1:] for each token sequence (seq[0] is <bos>), and the token count. Windows of
+        max_len tokens advance by `stride` (default max_len // 2: each token is predicted with at least half a
+        window of context)."""
         L = self.max_len
         stride = max(1, min(stride or L // 2, L - 1))
         rows, owner = [], []
@@ -218,20 +183,17 @@ class Scorer:
                     if c:
                         ctx_tokens[g, Lc - len(c):] = torch.tensor(c)
                 pad_g = torch.tensor([Lc - len(c) for c in contexts], device=device)
-                ctx_tokens = ctx_tokens.to(device)
-                for s in range(0, Lc, self.chunk):
-                    e = min(Lc, s + self.chunk)
-                    model(ctx_tokens[:, s:e], torch.arange(s, e, device=device), pad=pad_g, end=e, hidden=True)
+                for _ in prefill_chunks(model, ctx_tokens.to(device), 0, self.chunk, pad=pad_g, hidden=True):
+                    pass
                 index = torch.tensor(row_ctx, device=device)
                 model.select_cache_rows(index)
                 pad = pad_g.index_select(0, index)
             else:
                 model.setup_cache(B, cache_len, prefill_chunk=self.chunk)
                 if P > 0:  # the prefix once, into row 0, then copied to every row
-                    for s in range(0, P, self.chunk):
-                        e = min(P, s + self.chunk)
-                        model(torch.tensor([seqs[0][s:e]], device=device), torch.arange(s, e, device=device),
-                              row=0, end=e, hidden=True)
+                    prefix = torch.tensor([seqs[0][:P]], device=device)
+                    for _ in prefill_chunks(model, prefix, 0, self.chunk, row=0, hidden=True):
+                        pass
                     model.copy_cache_row(0)
             # the rows' own parts, right-padded: a causal model never lets a real token see the padding after it
             tokens = torch.full((B, T), model.config.pad_id, dtype=torch.long)
@@ -243,11 +205,8 @@ class Scorer:
                      for j, tok in enumerate(t.tokens)]
             logp = torch.empty(len(picks))
             greedy = torch.empty(len(picks), dtype=torch.bool)
-            for s in range(0, T, self.chunk):
-                e = min(T, s + self.chunk)
-                # end: no slot past base + e holds keys yet, so attention reads only the filled ones
-                h = model(tokens[:, s:e], torch.arange(base + s, base + e, device=device), pad=pad, end=base + e,
-                          hidden=True)  # (B, t, C)
+            # bounded: no slot past the chunk's end holds keys yet, so attention reads only the filled ones
+            for s, e, h in prefill_chunks(model, tokens, base, self.chunk, pad=pad, hidden=True):  # h (B, t, C)
                 sel = [k for k, (_, col, _) in enumerate(picks) if s <= col < e]
                 for k0 in range(0, len(sel), 512):  # bounded logits memory: 512 x V floats at a time
                     ks = sel[k0:k0 + 512]
@@ -267,44 +226,3 @@ class Scorer:
                 out.append((t, (float(logp[k:k + n].double().sum()), bool(greedy[k:k + n].all()))))
                 k += n
         return out
-
-    # -- generation ----------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 256, stop: Sequence[str] = (),
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 desc: str = "generating") -> list[str]:
-        """Continue each prompt (<bos> prepended); stops at <eos> or any stop string (not included).
-        Prompts are batched by length; a seed makes sampling reproducible per prompt and batch."""
-        from ..engine.generate import generate
-        from ..streaming import TextStream
-
-        tok = self.tokenizer
-        ids = []
-        for p in prompts:
-            x = tok.encode(p, bos=True)
-            room = self.model.config.max_seq_len - max_new_tokens
-            ids.append(x[:1] + x[1:][-(room - 1):] if len(x) > room else x)  # keep the prompt's end
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        texts: list[str] = [""] * len(ids)
-        bar = tqdm(total=len(ids), desc=desc, disable=not self.progress, unit="prompt", dynamic_ncols=True)
-        for k in range(0, len(order), self.batch_size):
-            idx = order[k:k + self.batch_size]
-            streams = [TextStream(tok, list(stop)) for _ in idx]
-
-            def on_token(b: int, t: int, streams=streams) -> bool:
-                streams[b].push(t)
-                return streams[b].stopped
-
-            generate(self.model, [ids[i] for i in idx], max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, seed=None if seed is None else seed + k, stop_ids=tok.stop_ids,
-                     on_token=on_token, compile=self.compile)
-            for i, st in zip(idx, streams):
-                st.finish()
-                texts[i] = st.text
-            bar.update(len(idx))
-        bar.close()
-        return texts
-
-
-def perplexity(total_logprob: float, n: int) -> float:
-    return math.exp(-total_logprob / max(n, 1))
-
