@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "gemma-3-270m"
+from .config import DEFAULT_MODEL, cache_root
+from .quant_spec import EMBEDDING_MODES, INT4_METHODS, QUANT_MODES
+
+# `generate` compiles the decode step (auto) from this many new tokens: compiling costs ~10 s with inductor's
+# cache warm (~45 s the very first time), which decode at the compiled speed repays after about this many
+# tokens on 2 CPU cores (benchmarks/cpu_decode.py: eager vs compiled tok/s of the default mode)
+COMPILE_MIN_TOKENS = 1024
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, quantize: str = "auto") -> None:
+    """quantize: the command's default (auto, for speed; evaluations default to none: they measure the model)."""
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"real model name, Hugging Face layout directory or .gguf file (default {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bfloat16 when quantized or on CUDA, "
+                                                 "else float32)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--quantize", "-q", choices=["int8", "int4", "gguf"], default=None,
-                   help="weight-only quantization, embedding included (activations in bfloat16); gguf: keep a GGUF "
+    p.add_argument("--quantize", "-q", choices=["auto", "none", *QUANT_MODES], default=quantize,
+                   help=f"weight-only quantization, embedding included (activations in bfloat16; default {quantize}). "
+                        "auto: on CPU a GGUF model's own quantization with the int4+int8 output layer, int8 for other "
+                        "models; none on CUDA. none: exact float weights (float32 on CPU). gguf: keep a GGUF "
                         "model's own (4-bit blocks exactly, 5-8-bit types as int8)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
-    p.add_argument("--int4-method", choices=["auto", "gptq", "rtn"], default="auto",
+    p.add_argument("--int4-method", choices=INT4_METHODS, default="auto",
                    help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time for the default "
                         "model), rtn (round to nearest), auto (default: gptq on a GPU or under 1B parameters)")
-    p.add_argument("--embedding-quantize", choices=["int8", "int4", "int4+int8", "none"], default=None,
+    p.add_argument("--embedding-quantize", choices=["default", *EMBEDDING_MODES], default="default",
                    help="quantization of the tied embedding/output matrix (default: int4+int8 with --quantize "
-                        "int4, the file's own with gguf, else int8); int4+int8: decode scores with int4 and recomputes "
-                        "the best 64 tokens' logits in int8 (int4 speed, the int8 layer's top logits)")
+                        "int4 or auto on a GGUF model, the file's own with gguf, else int8); int4+int8: decode "
+                        "scores with int4 and recomputes the best 64 tokens' logits in int8 (int4 speed, the int8 "
+                        "layer's top logits)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the decode step (default: on for CUDA and for serve, which compiles its "
-                        "one shape at start-up; off for CPU generate/chat, where each new shape compiles ~40 s)")
+                   help="torch.compile the decode step (default auto: on for chat, serve, eval-memorization and "
+                        f"CUDA, and for generate from --max-new-tokens {COMPILE_MIN_TOKENS}; compiled code is "
+                        "cached across processes, so only the very first run pays ~45 s, later ones ~10 s)")
     p.add_argument("--gemv", action="store_true",
                    help="GPU: decode's matrix-vector products through opengemma's Triton GEMV kernel (int8/int4 "
                         "read directly) instead of torch's")
@@ -78,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="academic and safety benchmarks (MMLU, HumanEval, BBQ, ...): results.json, "
                                     "a table and a chart")
-    _add_model_args(e)
+    _add_model_args(e, quantize="none")
     e.add_argument("--tasks", default=None, help="comma-separated task names (see --list-tasks)")
     e.add_argument("--list-tasks", action="store_true", help="print the known tasks and exit")
     e.add_argument("--limit", type=int, default=None, help="a seeded subset of N items per task")
@@ -99,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mz = sub.add_parser("eval-memorization", help="exact/approximate memorization rates on a corpus (the paper's "
                                                    "memorization study)")
-    _add_model_args(mz)
+    _add_model_args(mz, quantize="none")
     mz.add_argument("--corpus", required=True, help="a text file, a directory of .txt/.md files, or a .jsonl "
                                                     'file with a "text" field; each file/record is a document')
     mz.add_argument("-n", type=int, default=10000, help="sequences to test (default 10000, as the paper)")
@@ -138,12 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(args):
+def _load(args, compile: bool | None = None):
+    """The model the flags name. compile: what --compile's auto means for this command (None: CUDA only)."""
     from .api import load
 
-    return load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
-                group_size=args.group_size, compile=args.compile, int4_method=args.int4_method, gemv=args.gemv,
-                embedding_quantize={None: "default", "none": None}.get(args.embedding_quantize, args.embedding_quantize))
+    # compiled code (inductor's) lives with opengemma's other caches, so only a machine's first run pays for it
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    return load(args.model, dtype=args.dtype, device=args.device,
+                quantize=None if args.quantize == "none" else args.quantize, group_size=args.group_size,
+                embedding_quantize=args.embedding_quantize, int4_method=args.int4_method, gemv=args.gemv,
+                compile=compile if args.compile is None else args.compile)
 
 
 def _sampling(args) -> dict:
@@ -158,7 +175,7 @@ def _stream(_row: int, delta: str) -> None:
 
 def cmd_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    llm = _load(args)
+    llm = _load(args, compile=True if args.max_new_tokens >= COMPILE_MIN_TOKENS else None)
     sys.stdout.write(prompt)
     llm.generate(prompt, callback=_stream, **_sampling(args))
     sys.stdout.write("\n")
@@ -166,7 +183,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    llm = _load(args)
+    llm = _load(args, compile=True)
     if not llm.instruction_tuned:
         print(f"note: {llm.name} is a pretrained model, not an instruction-tuned one: it continues text rather "
               "than following instructions, so expect loose or rambling replies.", file=sys.stderr)
@@ -206,10 +223,10 @@ def cmd_serve(args) -> int:
         from .serve.app import create_app
     except ImportError:
         raise RuntimeError("the server needs its extras: pip install 'opengemma[serve]'") from None
-    llm = _load(args)
+    llm = _load(args, compile=True)  # one shape, compiled at start-up
     max_len = min(args.max_len, llm.config.max_seq_len)
     app = create_app(llm, model_name=args.name, max_batch=args.max_batch, max_queue=args.max_queue, max_len=max_len,
-                     compile=True if args.compile is None else args.compile, sync_every=args.sync_every)
+                     compile=llm.compile, sync_every=args.sync_every)
     print(f"serving {app.state.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -264,7 +281,7 @@ def cmd_eval_memorization(args) -> int:
     from .eval.memorization import evaluate_memorization, read_corpus, sample_sequences, write_report
 
     start = time.perf_counter()
-    llm = _load(args)
+    llm = _load(args, compile=True)  # thousands of batches of one shape
     tok = llm._require_tokenizer()
     docs = read_corpus(args.corpus)
     samples = sample_sequences(docs, lambda s: tok.encode(s, bos=False), args.n, args.prefix_len + args.suffix_len,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Presets that name a real checkpoint opengemma.load() can fetch without a path.
 REAL_MODELS = ("gemma-3-270m",)
+DEFAULT_MODEL = "gemma-3-270m"  # what opengemma.load() and the CLI load without a name
+
+
+def cache_root() -> Path:
+    """Where opengemma keeps what it converts, quantizes and compiles: $OPENGEMMA_CACHE, ~/.cache/opengemma."""
+    return Path(os.environ.get("OPENGEMMA_CACHE") or Path.home() / ".cache" / "opengemma")

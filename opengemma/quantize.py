@@ -23,9 +23,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
+from .quant_spec import QUANT_MODES, QuantSpec, canonical_embedding, default_embedding
+from .gptq import Grid, gptq, input_moments
 from .model import Embedding, Gemma
 
-MODES = ("int8", "int4")
 FORMATS = ("int8", "int4", "float")  # what one matrix can be in a mixed ("gguf") model
 SMALL_M = 16  # rows at or below which the CPU int8 GEMV kernel beats dequantize-then-matmul
 # rows from which dequantizing an int4 matrix to bf16 once and running the dense matmul beats torch's CPU int4
@@ -72,55 +73,26 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     return q.reshape(N, K), scales, zeros
 
 
+def _int4_fit(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize_int4(w, group_size)[1:]
+
+
+def _int4_round(col: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return torch.round((col - z) / s + 8.0).clamp(0, 15)
+
+
+def _int4_value(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return (q - 8.0) * s + z
+
+
+# quantize_int4's grid for GPTQ: 16 levels w = (q - 8) * scale + zero per group, ranges from the clipping search
+INT4_GRID = Grid(fit=_int4_fit, round=_int4_round, value=_int4_value, dtype=torch.uint8)
+
+
 def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp: float = 0.01, block: int = 128,
               act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GPTQ (Frantar et al., 2023) into quantize_int4's format: columns are rounded one at a time and each
-    one's rounding error is spread over the columns not yet rounded, weighted by the inverse of the layer's
-    input second moment H = E[x x^T] (K, K), so the layer's *output* error on real inputs shrinks, not just
-    the weight error. act_order: round the columns with the largest inputs first (their errors can still be
-    compensated by the rest), with each group's scale and zero fixed up front from the original weights
-    ("static groups", so the kernel's contiguous groups stay valid); without it, a group's grid is chosen
-    from the error-corrected weights when its first column is reached. Same returns as quantize_int4."""
-    N, K = w.shape
-    if K % group_size:
-        raise ValueError(f"in_features {K} is not a multiple of the int4 group size {group_size}")
-    W = w.detach().float().clone()
-    H = hessian.detach().float().clone()
-    dead = H.diagonal() == 0  # inputs never seen: their weights cannot matter
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H.diagonal().add_(damp * H.diagonal().mean())
-    G = K // group_size
-    q = torch.empty(N, K, dtype=torch.uint8, device=W.device)
-    if act_order:
-        _, scales, zeros = quantize_int4(W, group_size)
-        perm = torch.argsort(H.diagonal(), descending=True)
-    else:
-        scales, zeros = W.new_empty(N, G), W.new_empty(N, G)
-        perm = torch.arange(K, device=W.device)
-        block = group_size * max(1, block // group_size)  # whole groups per block
-    W, H = W[:, perm], H[perm][:, perm]
-    order = perm.tolist()  # host-side indices: no device sync per column
-    group_of = [c // group_size for c in order]  # the (original) group of each column in rounding order
-    # upper Cholesky factor of H^-1: row i holds how column i's error propagates to the later columns
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    for b0 in range(0, K, block):
-        b1 = min(b0 + block, K)
-        Wb, Err = W[:, b0:b1].clone(), W.new_empty(N, b1 - b0)
-        for j in range(b1 - b0):
-            i = b0 + j
-            g = group_of[i]
-            if not act_order and i % group_size == 0:  # the group's grid, from the weights as corrected so far
-                _, s, z = quantize_int4(Wb[:, j:j + group_size], group_size)
-                scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
-            s, z = scales[:, g], zeros[:, g]
-            qi = torch.round((Wb[:, j] - z) / s + 8.0).clamp(0, 15)
-            q[:, order[i]] = qi.to(torch.uint8)
-            err = (Wb[:, j] - ((qi - 8.0) * s + z)) / Hinv[i, i]
-            Wb[:, j + 1:] -= err[:, None] * Hinv[i, i + 1:b1][None, :]
-            Err[:, j] = err
-        W[:, b1:] -= Err @ Hinv[b0:b1, b1:]
-    return q, scales, zeros
+    """GPTQ (opengemma.gptq) onto quantize_int4's grid: same returns as quantize_int4."""
+    return gptq(w, hessian, INT4_GRID, group_size, damp=damp, block=block, act_order=act_order)
 
 
 def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
@@ -418,16 +390,6 @@ class RescoredEmbedding(Int8Embedding):
 
 
 # -- swapping -----------------------------------------------------------------------------------------
-def default_embedding_mode(mode: str) -> str:
-    # The tied embedding/output table is the most sensitive matrix: int4 there costs +4-6 points of perplexity
-    # on the default model (benchmarks/quality.py), so it stays int8; int4 mode adds the int4 copy that
-    # makes decode read half of it (RescoredEmbedding: the int8 layer's top logits, at int4 speed).
-    return "int4+int8" if mode == "int4" else "int8"
-
-
-EMBEDDING_MODES = ("int8", "int4", "int4+int8")  # int4+int8: RescoredEmbedding
-
-
 def _embedding(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, device, hessian=None, exact=None):
     v, d = shape
     if mode == "int4+int8":
@@ -454,60 +416,18 @@ def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, de
     return Int4Linear.from_float(w, group_size, dtype, hessian)
 
 
-@torch.no_grad()
-def input_moments(model: Gemma, batches, progress: bool = False) -> dict[str, torch.Tensor]:
-    """H = E[x x^T] (K, K) of the input of every nn.Linear, and of the output layer under its own name
-    ("embed" when tied), over all tokens of `batches` ((1, T) id tensors run through the float model): what
-    GPTQ weighs rounding errors by."""
-    totals: dict[str, list] = {}
-    last: list = [None, None]  # the last input seen and its x^T x: q/k/v (and gate/up) share one input
-    hooks = []
-
-    def hook(name, mod, inp, out):
-        x = inp[0]
-        if last[0] is not x:
-            x2 = x.reshape(-1, x.shape[-1]).float()
-            last[:] = [x, (x2.T @ x2, x2.shape[0])]
-        h, n = last[1]
-        t = totals.setdefault(name, [torch.zeros_like(h), 0])
-        t[0] += h
-        t[1] += n
-
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and m is not model.lm_head:
-            hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out)))
-    # the output layer reads the final norm's output (the forward below stops there)
-    out_name = "embed" if model.lm_head is None else "lm_head"
-    hooks.append(model.norm.register_forward_hook(lambda mod, inp, out: hook(out_name, mod, (out,), None)))
-    try:
-        from tqdm import tqdm
-
-        for ids in tqdm(batches, desc="GPTQ calibration", disable=not progress, leave=False):
-            model(ids, hidden=True)  # no logits: the output layer needs only its input, and they cost the most
-    finally:
-        for h in hooks:
-            h.remove()
-        last.clear()
-    return {name: h / n for name, (h, n) in totals.items()}
-
-
-def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None, meta: bool,
-          moments: dict[str, torch.Tensor] | None = None, progress: bool = False,
-          formats: dict[str, str] | None = None, exact: dict | None = None) -> Gemma:
-    """formats: {module name: int8 | int4 | float} per matrix ("embed" for the embedding), mode "gguf" only.
-    exact: {module name: (q, scales, zeros)} for matrices already on an int4 grid of `group_size`."""
-    if mode not in (*MODES, "gguf"):
-        raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(MODES)}, gguf")
-    if (mode == "gguf") != (formats is not None):
+def _swap(model: Gemma, spec: QuantSpec, dtype: torch.dtype, meta: bool, moments: dict | None = None,
+          formats: dict[str, str] | None = None, exact: dict | None = None, progress: bool = False) -> Gemma:
+    """Every nn.Linear and the tied embedding as `spec` says (meta: the skeleton only, no data).
+    formats: {module name: int8 | int4 | float} per matrix ("embed" for the embedding), mode "gguf" only.
+    exact: {module name: (q, scales, zeros)} for matrices already on an int4 grid of the spec's group size."""
+    if (spec.mode == "gguf") != (formats is not None):
         raise ValueError("mode 'gguf' (a format per matrix) needs formats, and only it")
     if formats is not None and set(formats.values()) - set(FORMATS):
         raise ValueError(f"unknown formats {set(formats.values()) - set(FORMATS)}; choose from {', '.join(FORMATS)}")
-    if embedding == "default":  # a mixed model's embedding is as its formats say
-        embedding = default_embedding_mode(mode) if formats is None else formats.get("embed", "float")
-    embedding = None if embedding == "float" else embedding
-    if embedding not in (None, *EMBEDDING_MODES):
-        raise ValueError(f"unknown embedding quantization {embedding!r}; choose from {', '.join(EMBEDDING_MODES)} "
-                         "or None")
+    group_size = spec.group_size
+    # a mixed model's embedding is as the file has it
+    embedding = formats.get("embed", "float") if spec.embedding == "file" else spec.embedding
     device = "meta" if meta else None
     exact, kept = exact or {}, []
 
@@ -526,27 +446,38 @@ def _swap(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embeddin
                 name = f"{prefix}.{child_name}".lstrip(".")
                 if not isinstance(child, nn.Linear):
                     continue
-                fmt = mode if formats is None else formats[name]
+                fmt = spec.mode if formats is None else formats[name]
                 if fmt != "float":
                     w = None if meta else child.weight.detach()
                     shape = (child.out_features, child.in_features)
                     h = (moments or {}).get(name)
                     setattr(module, child_name, _linear(w, shape, fmt, group_size, dtype, device or child.weight.device,
                                                         h, exact_for(name, fmt, shape[1])))
-        if embedding and isinstance(model.embed, Embedding):
+        if embedding != "float" and isinstance(model.embed, Embedding):
             w, shape = None if meta else model.embed.weight.detach(), tuple(model.embed.weight.shape)
             model.embed = _embedding(w, shape, embedding, group_size, dtype, device or model.embed.weight.device,
                                      (moments or {}).get("embed"), exact_for("embed", embedding, shape[1]))
         if not meta:  # remaining float parameters (norms, a float embedding) follow the activation dtype
             for p in model.parameters():
                 p.data = p.data.to(dtype)
-    model.quantization = {"mode": mode, "group_size": group_size, "dtype": str(dtype).removeprefix("torch."),
+    model.quantization = {"mode": spec.mode, "group_size": group_size, "dtype": str(dtype).removeprefix("torch."),
                           "embedding": embedding}
     if formats is not None:
         model.quantization["formats"] = dict(formats)
     if kept:
         model.quantization["exact_int4"] = sorted(kept)  # matrices taken as they were, not rounded
     return model
+
+
+def as_spec(mode: str | QuantSpec, group_size: int = 32, embedding: str | None = "default") -> QuantSpec:
+    """A QuantSpec from quantize_model's words (a mode and its embedding), rounding method left to the caller
+    (GPTQ when calibration is given)."""
+    if isinstance(mode, QuantSpec):
+        return mode
+    if mode not in QUANT_MODES:
+        raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(QUANT_MODES)}")
+    embedding = canonical_embedding(embedding)
+    return QuantSpec(mode, group_size, default_embedding(mode) if embedding == "default" else embedding)
 
 
 def fuse_projections(model: Gemma) -> Gemma:
@@ -568,31 +499,35 @@ def fuse_projections(model: Gemma) -> Gemma:
     return model
 
 
-def quantize_model(model: Gemma, mode: str, group_size: int = 32, dtype: torch.dtype = torch.bfloat16,
+def quantize_model(model: Gemma, mode: str | QuantSpec, group_size: int = 32, dtype: torch.dtype = torch.bfloat16,
                    embedding: str | None = "default", calibration=None, progress: bool = False,
                    formats: dict[str, str] | None = None, exact: dict | None = None) -> Gemma:
-    """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", None for
-    float, "default" = int8) for its quantized version, in place. Norms stay in float; activations run in
-    `dtype`. calibration: (1, T) token tensors; with int4, every int4 matrix (the output matrix too, when
-    int4) is then quantized by GPTQ against the float model's activations on them.
+    """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", "int4+int8",
+    "float" (or None), "default" = the mode's own, quant_spec.default_embedding) for its quantized version, in
+    place; or as a QuantSpec says. Norms stay in float; activations run in `dtype`. calibration: (1, T) token
+    tensors; with int4, every int4 matrix (the output matrix too, when int4) is then quantized by GPTQ against
+    the float model's activations on them.
     mode "gguf": each matrix as formats[name] says (int8, int4 or float; "embed" for the embedding), what
     a GGUF file's own types map to (weights.gguf.keep_formats). exact: {name: (q, scales, zeros)} int4
-    matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd."""
-    int4 = mode == "int4" or "int4" in (formats or {}).values() or embedding in ("int4", "int4+int8")
+    matrices taken as they are (a GGUF's 4-bit blocks), neither rounded nor GPTQ'd. A compiled decode step
+    of this model notices the new modules by itself (engine.generate.module_fingerprint)."""
+    spec = as_spec(mode, group_size, embedding)
+    int4 = spec.rounds_int4 or "int4" in (formats or {}).values()
     moments = input_moments(model, calibration, progress) if calibration is not None and int4 else None
-    _swap(model, mode, group_size, dtype, embedding, meta=False, moments=moments, progress=progress,
-          formats=formats, exact=exact)
-    model.quantization["method"] = "gptq" if moments else "kept" if mode == "gguf" else "rtn"
+    _swap(model, spec, dtype, meta=False, moments=moments, formats=formats, exact=exact, progress=progress)
+    model.quantization["method"] = "gptq" if moments else "kept" if spec.mode == "gguf" else "rtn"
     fuse_projections(model)
     prepare_quantized(model)
     return model
 
 
-def empty_quantized(model: Gemma, mode: str, group_size: int, dtype: torch.dtype, embedding: str | None,
-                    fused: bool = False, formats: dict[str, str] | None = None) -> Gemma:
-    """The same swaps on a meta-device model, without data: the skeleton to load a quantized state into."""
-    _swap(model, mode, group_size, dtype, embedding, meta=True, formats=formats)
-    return fuse_projections(model) if fused else model
+def empty_quantized(model: Gemma, info: dict) -> Gemma:
+    """The same swaps on a meta-device model, without data, as a saved model.quantization dict (quantized
+    checkpoints' quantization.json) describes them: the skeleton to load a quantized state into."""
+    embedding = canonical_embedding(info.get("embedding"))
+    spec = QuantSpec(info["mode"], info.get("group_size") or 32, embedding)
+    _swap(model, spec, getattr(torch, info["dtype"]), meta=True, formats=info.get("formats"))
+    return fuse_projections(model) if info.get("fused", False) else model
 
 
 def prepare_quantized(model: nn.Module) -> None:

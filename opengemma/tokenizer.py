@@ -1,11 +1,13 @@
-"""Gemma's SentencePiece tokenizer, its rebuild from GGUF metadata, and the chat format.
+"""Gemma's SentencePiece tokenizer and its chat format.
 
-The model works on ids only; everything about text lives here:
+The model works on ids only; text <-> ids lives here:
 
-* ``Tokenizer`` wraps ``sentencepiece.SentencePieceProcessor`` (a ``tokenizer.model`` file or the
-  same model rebuilt from a GGUF file's ``tokenizer.ggml.*`` metadata).
-* ``IncrementalDecoder`` turns a growing list of generated ids into text deltas for streaming.
+* ``Tokenizer`` wraps ``sentencepiece.SentencePieceProcessor`` (a ``tokenizer.model`` file, or the
+  same model rebuilt from a GGUF file's metadata: ``Tokenizer(weights.gguf_tokenizer.
+  sentencepiece_model_from_gguf(path))``).
 * ``render_chat`` / ``encode_chat`` write Gemma's dialogue format, the latter with a loss mask.
+
+Streaming (ids -> text deltas) is in streaming.py.
 
 Gemma's format has no system role::
 
@@ -26,15 +28,10 @@ from typing import Any
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-__all__ = ["Tokenizer", "IncrementalDecoder", "Message", "sentencepiece_model_from_gguf"]
+__all__ = ["Tokenizer", "Message"]
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant" | "model", "content": str}
 
-_Piece = sp_pb2.ModelProto.SentencePiece
-_CONTROL_PIECE_NAMES = ("pad", "eos", "bos")
-
-# llama.cpp's token types (gguf.TokenType) happen to share SentencePiece's numbering.
-_GGUF_NORMAL, _GGUF_UNKNOWN, _GGUF_CONTROL, _GGUF_USER_DEFINED, _GGUF_UNUSED, _GGUF_BYTE = range(1, 7)
 
 
 class Tokenizer:
@@ -88,11 +85,6 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Tokenizer:
         return cls(path)
-
-    @classmethod
-    def from_gguf(cls, reader: Any) -> Tokenizer:
-        """Rebuild the SentencePiece model from a GGUF file (a ``gguf.GGUFReader`` or a path)."""
-        return cls(sentencepiece_model_from_gguf(reader), name=_gguf_name(reader))
 
     @property
     def model_proto_bytes(self) -> bytes:
@@ -198,7 +190,7 @@ class Tokenizer:
             self._check_id(max(ids))
         return self._sp.decode(ids)
 
-    def _byte_of(self, id: int) -> int | None:
+    def byte_value(self, id: int) -> int | None:
         """The byte value of a byte-fallback piece ``<0xAB>``, else None."""
         if self._byte_value is None:
             sp = self._sp
@@ -206,9 +198,6 @@ class Tokenizer:
                 i: int(sp.id_to_piece(i)[3:5], 16) for i in range(self.vocab_size) if sp.is_byte(i)
             }
         return self._byte_value.get(id)
-
-    def incremental_decoder(self) -> IncrementalDecoder:
-        return IncrementalDecoder(self)
 
     # --- chat ----------------------------------------------------------------------------------------
 
@@ -308,182 +297,3 @@ def _chat_turns(messages: Sequence[Message], add_generation_prompt: bool) -> lis
     if add_generation_prompt and turns[-1][0] != "user":
         raise ValueError("add_generation_prompt=True needs the conversation to end with a user message")
     return turns
-
-
-class IncrementalDecoder:
-    """Streams text from a growing list of generated ids.
-
-    Byte-fallback pieces can split one character (say an emoji) over several tokens; decoding a
-    prefix that ends inside such a character would show U+FFFD. ``step`` holds those bytes back
-    until the character is complete, so every delta is final text and
-    ``"".join(deltas) + flush() == tokenizer.decode(ids)``.
-    """
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self._ids: list[int] = []
-        # Text of ids[:read] has been emitted. Each step re-decodes from `prefix` (one step back)
-        # so a piece is decoded with left context (some tokenizers strip a leading space).
-        self._prefix = 0
-        self._read = 0
-
-    def step(self, ids: Sequence[int]) -> str:
-        """Given all ids generated so far (a list that only grows), return the new text."""
-        ids = [int(i) for i in ids]
-        if len(ids) < len(self._ids) or ids[: self._read] != self._ids[: self._read]:
-            raise ValueError("IncrementalDecoder.step expects the same, growing list of ids")
-        self._ids = ids
-        return self._emit(len(ids) - self._incomplete_tail())
-
-    def push(self, new_ids: Iterable[int]) -> str:
-        """Append newly generated ids and return the new text."""
-        return self.step([*self._ids, *new_ids])
-
-    def flush(self) -> str:
-        """Emit whatever is held back (an unfinished UTF-8 sequence decodes as U+FFFD)."""
-        return self._emit(len(self._ids))
-
-    def _emit(self, ready: int) -> str:
-        if ready <= self._read:
-            return ""
-        decode = self.tokenizer.decode
-        before = decode(self._ids[self._prefix : self._read])
-        after = decode(self._ids[self._prefix : ready])
-        if after.startswith(before):
-            delta = after[len(before) :]
-        else:  # cannot happen for Gemma's tokenizer; stay exact rather than clever
-            delta = decode(self._ids[:ready])[len(decode(self._ids[: self._read])) :]
-        self._prefix, self._read = self._read, ready
-        return delta
-
-    def _incomplete_tail(self) -> int:
-        """How many trailing byte pieces form the start of a not-yet-complete UTF-8 character."""
-        byte_of = self.tokenizer._byte_of
-        for n in range(1, min(4, len(self._ids) - self._read + 1)):
-            b = byte_of(self._ids[-n])
-            if b is None or b < 0x80:
-                return 0  # not a byte piece, or ASCII: nothing pending
-            if b < 0xC0:
-                continue  # continuation byte: look further back for the lead byte
-            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
-            return n if n < need else 0
-        return 0
-
-
-# --- GGUF -> SentencePiece ---------------------------------------------------------------------
-
-
-def _gguf_name(reader: Any) -> str:
-    if isinstance(reader, (str, os.PathLike)):
-        return os.fspath(reader)
-    return "GGUF reader"
-
-
-def _gguf_value(reader: Any, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    if hasattr(field, "contents"):  # gguf >= 0.11
-        return field.contents()
-    # Older gguf: scalars and arrays live in field.parts, indexed by field.data.
-    vals = [field.parts[i] for i in field.data]
-    if field.types[-1] == 8:  # GGUFValueType.STRING
-        vals = [bytes(v).decode("utf-8") for v in vals]
-    else:
-        vals = [v.tolist()[0] for v in vals]
-    return vals if field.types[0] == 9 else vals[0]  # 9: GGUFValueType.ARRAY
-
-
-def sentencepiece_model_from_gguf(reader: Any) -> bytes:
-    """Serialized SentencePiece ``ModelProto`` rebuilt from a GGUF file's tokenizer metadata.
-
-    For Gemma 3 the result is byte-identical to Google's ``tokenizer.model`` (tests check its
-    sha256). llama.cpp's converter keeps pieces, order and the scores of normal pieces, but
-    rewrites the special pieces, which this undoes:
-
-    * user-defined pieces had "\u2581" replaced by " " ("\u2581\u2581" came out as two spaces);
-      SentencePiece matches them after escaping whitespace to "\u2581", so put it back;
-    * every added token flagged special was typed CONTROL (``<start_of_turn>``, ``<mask>``,
-      ``<unusedN>``, ...). SentencePiece never matches control pieces in text, so
-      ``<start_of_turn>`` typed by a user or a chat template would be spelled out character by
-      character. Only pad, eos and bos are control pieces in Gemma; ``<unk>`` is the unknown piece;
-    * their scores became -1000; Google's file has 0 for every non-normal piece (BPE never uses
-      the scores of non-normal pieces, but identical bytes are easy to check).
-    """
-    if isinstance(reader, (str, os.PathLike)):
-        import gguf  # lazy: only needed here
-
-        reader = gguf.GGUFReader(reader)
-    where = _gguf_name(reader)
-    model = _gguf_value(reader, "tokenizer.ggml.model")
-    if model != "llama":  # llama.cpp's name for SentencePiece vocabularies
-        raise ValueError(
-            f"{where}: tokenizer.ggml.model is {model!r}, not a SentencePiece ('llama') vocabulary"
-        )
-    tokens = _gguf_value(reader, "tokenizer.ggml.tokens")
-    scores = _gguf_value(reader, "tokenizer.ggml.scores")
-    token_types = _gguf_value(reader, "tokenizer.ggml.token_type")
-    arrays = (tokens, scores, token_types)
-    if any(a is None for a in arrays) or len({len(a) for a in arrays}) != 1:
-        raise ValueError(f"{where}: missing or inconsistent tokenizer.ggml.tokens/scores/token_type")
-
-    special = {
-        name: _gguf_value(reader, f"tokenizer.ggml.{key}_token_id")
-        for name, key in (("pad", "padding"), ("eos", "eos"), ("bos", "bos"), ("unk", "unknown"))
-    }
-    if special["unk"] is None:
-        special["unk"] = next((i for i, t in enumerate(token_types) if t == _GGUF_UNKNOWN), None)
-    control_ids = {special[n] for n in _CONTROL_PIECE_NAMES} - {None}
-
-    proto = sp_pb2.ModelProto()
-    for i, (piece, score, gguf_type) in enumerate(zip(tokens, scores, token_types)):
-        p = proto.pieces.add()
-        if gguf_type == _GGUF_NORMAL and i not in control_ids and i != special["unk"]:
-            p.piece, p.score = piece, float(score)  # type left unset: NORMAL is the default
-            continue
-        p.score = 0.0
-        if i in control_ids:
-            p.piece, p.type = piece, _Piece.CONTROL
-        elif i == special["unk"] or gguf_type == _GGUF_UNKNOWN:
-            p.piece, p.type = piece, _Piece.UNKNOWN
-        elif gguf_type == _GGUF_BYTE:
-            p.piece, p.type = piece, _Piece.BYTE
-        elif gguf_type == _GGUF_UNUSED:
-            p.piece, p.type = piece, _Piece.UNUSED
-        else:  # CONTROL or USER_DEFINED in the GGUF: Gemma's remaining specials are user-defined
-            p.piece, p.type = piece.replace(" ", "\u2581"), _Piece.USER_DEFINED
-
-    t = proto.trainer_spec
-    t.model_type = sp_pb2.TrainerSpec.BPE
-    t.vocab_size = len(tokens)
-    # Training-only fields, set as in Google's Gemma 3 file so the bytes match; encoding ignores them.
-    t.input_format = "tsv"
-    t.split_by_unicode_script = True
-    t.split_by_whitespace = False
-    t.split_by_number = True
-    t.split_digits = True
-    # These two change encoding: runs of spaces become pieces, unknown characters become bytes.
-    t.allow_whitespace_only_pieces = True
-    t.byte_fallback = True
-    t.unk_id = special["unk"] if special["unk"] is not None else -1
-    t.bos_id = special["bos"] if special["bos"] is not None else -1
-    t.eos_id = special["eos"] if special["eos"] is not None else -1
-    t.pad_id = special["pad"] if special["pad"] is not None else -1
-    # sentencepiece finds the special ids by these piece names. Google's file names bos and eos
-    # (the defaults are "<s>", "</s>"); pad and unk are named only if not "<pad>", "<unk>".
-    for name in ("bos", "eos", "pad", "unk"):
-        i = special[name]
-        attr = f"{name}_piece"
-        if i is not None and (name in ("bos", "eos") or proto.pieces[i].piece != getattr(t, attr)):
-            setattr(t, attr, proto.pieces[i].piece)
-    t.seed_sentencepieces_file = ""
-
-    n = proto.normalizer_spec
-    n.name = "identity"
-    n.precompiled_charsmap = b""
-    n.add_dummy_prefix = bool(_gguf_value(reader, "tokenizer.ggml.add_space_prefix", False))
-    n.remove_extra_whitespaces = False  # escape_whitespaces keeps its default, True
-    # Google's file also sets NormalizerSpec field 7 (false), a field open-source sentencepiece
-    # does not know and ignores; add it as an unknown field only so the bytes match.
-    n.MergeFromString(b"\x38\x00")
-    return proto.SerializeToString()

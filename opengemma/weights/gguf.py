@@ -16,7 +16,9 @@ import torch
 
 from ..config import LAYER_GLOBAL, LAYER_LOCAL, GemmaConfig
 from ..model import Gemma
-from . import CheckpointError, check_names, expand_map
+from . import CheckpointError, assign_state_dict, check_names, expand_map, meta_model
+from .atomic import atomic_path
+from .gguf_tokenizer import add_tokenizer
 
 ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 
@@ -160,9 +162,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
 
     reader = open_gguf(path)
     cfg = config_from_gguf(reader, str(path))
-    with torch.device("meta"):
-        model = Gemma(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model, expected = meta_model(cfg)
     wmap = weight_map(cfg, expected)
     tensors = {t.name: t for t in reader.tensors}
     found = {name: tuple(int(x) for x in reversed(t.shape)) for name, t in tensors.items()}
@@ -182,9 +182,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
         if is_norm(ours):
             x = x - 1.0  # llama.cpp stores 1 + w
         state[ours] = x.to(device=device, dtype=dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.init_rope()
-    return model.to(device).eval(), reader
+    return assign_state_dict(model, state, device), reader
 
 
 # -- keeping the file's own blocks -------------------------------------------------------------------
@@ -285,11 +283,18 @@ def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32"
     for t in {qtype, *qtypes.values()}:
         if t not in WRITE_TYPES:
             raise ValueError(f"unsupported GGUF type {t!r}; choose from {', '.join(WRITE_TYPES)}")
+    arch = model.config.family
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _write_gguf(gguf.GGUFWriter(str(tmp), arch), model, tokenizer, qtype, qtypes)
+    return path
+
+
+def _write_gguf(w, model: Gemma, tokenizer, qtype: str, qtypes: dict[str, str]) -> None:
+    import gguf
+
     cfg = model.config
     arch = cfg.family
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(cfg.name)
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.d_model)
@@ -315,7 +320,7 @@ def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32"
     if arch == "gemma3":
         w.add_float32("gemma3.rope.freq_base_swa", cfg.rope_local_base)
     if tokenizer is not None:
-        _add_tokenizer(w, tokenizer, cfg)
+        add_tokenizer(w, tokenizer.model_proto_bytes, cfg.bos_id, cfg.eos_id, cfg.pad_id)
 
     state = model.state_dict()
     for ours, theirs in weight_map(cfg, state).items():
@@ -335,24 +340,3 @@ def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32"
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    tmp.replace(path)
-    return path
-
-
-def _add_tokenizer(w, tokenizer, cfg: GemmaConfig) -> None:
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-
-    proto = sp_pb2.ModelProto()
-    proto.ParseFromString(tokenizer.model_proto_bytes)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list([p.piece for p in proto.pieces])
-    w.add_token_scores([p.score for p in proto.pieces])
-    w.add_token_types([int(p.type) for p in proto.pieces])  # same numbering as llama.cpp's token types
-    w.add_bos_token_id(cfg.bos_id)
-    w.add_eos_token_id(cfg.eos_id)
-    w.add_unk_token_id(proto.trainer_spec.unk_id)
-    w.add_pad_token_id(cfg.pad_id)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(False)

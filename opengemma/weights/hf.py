@@ -7,7 +7,6 @@ that transformers loads back. Pickle checkpoints (pytorch_model.bin) are refused
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,7 +15,8 @@ from safetensors.torch import save_file
 
 from ..config import GemmaConfig
 from ..model import Gemma
-from . import CheckpointError, check_names, expand_map
+from . import CheckpointError, assign_state_dict, check_names, expand_map, meta_model
+from .atomic import atomic_path
 from .mmap import mmap_safetensors
 
 # opengemma name <- Hugging Face name. Note the trap: in Gemma 1 "post_attention_layernorm" is the
@@ -123,9 +123,7 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: st
                 ) -> Gemma:
     path = Path(path)
     cfg = read_config(path)
-    with torch.device("meta"):
-        model = Gemma(cfg)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model, expected = meta_model(cfg)
     wmap = weight_map(cfg, expected)
     index = tensor_index(path)
     # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): transformers ignores it too.
@@ -141,9 +139,7 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: st
         tensors = mmap_safetensors(f)  # zero-copy: views of the file's memory map
         for ours in names:
             state[ours] = tensors[wmap[ours]].to(device=device, dtype=dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.init_rope()
-    return model.to(device).eval()
+    return assign_state_dict(model, state, device)
 
 
 def save_hf_dir(model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
@@ -185,12 +181,13 @@ def save_hf_dir(model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dty
     (path / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id}, indent=2))
     if tokenizer is not None:
-        save_tokenizer_files(tokenizer, path)
+        save_tokenizer_files(tokenizer.model_proto_bytes, path)
     return path
 
 
-def save_tokenizer_files(tokenizer, path: Path) -> None:
-    tokenizer.save(path / "tokenizer.model")
+def save_tokenizer_files(model_proto: bytes, path: Path) -> None:
+    """tokenizer.model (a SentencePiece model's bytes) and the config files transformers reads beside it."""
+    (path / "tokenizer.model").write_bytes(model_proto)
     specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     (path / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
@@ -199,6 +196,5 @@ def save_tokenizer_files(tokenizer, path: Path) -> None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})

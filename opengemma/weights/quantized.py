@@ -5,8 +5,6 @@ quantized models, so that a warm quantized load is a memory map, not a re-quanti
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -17,22 +15,19 @@ from safetensors.torch import save_file
 from ..config import GemmaConfig
 from ..model import Gemma
 from ..quantize import Int4Linear, empty_quantized, prepare_quantized
-from . import CheckpointError, check_names
+from . import CheckpointError, assign_state_dict, check_names, meta_model
+from .atomic import atomic_path
 from .mmap import mmap_safetensors
 
 
 def save_quantized(model: Gemma, path: str | Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_aligned(state, tmp / "model.safetensors")
-    (tmp / "quantization.json").write_text(json.dumps(
-        {**model.quantization, "config": model.config.to_dict()}, indent=2))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_aligned(state, tmp / "model.safetensors")
+        (tmp / "quantization.json").write_text(json.dumps(
+            {**model.quantization, "config": model.config.to_dict()}, indent=2))
+    return Path(path)
 
 
 def save_aligned(state: dict[str, torch.Tensor], st: Path) -> None:
@@ -74,22 +69,18 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> Gemm
     try:
         info = json.loads((path / "quantization.json").read_text())
         cfg = GemmaConfig.from_dict(info["config"])
-        dtype = getattr(torch, info["dtype"])
+        if not isinstance(getattr(torch, info["dtype"]), torch.dtype):
+            raise ValueError(f"dtype {info['dtype']!r}")
+        model, expected = meta_model(cfg, lambda m: empty_quantized(m, info))
     except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}/quantization.json: malformed ({e})") from None
-    with torch.device("meta"):
-        model = empty_quantized(Gemma(cfg), info["mode"], info.get("group_size") or 32, dtype, info.get("embedding"),
-                                info.get("fused", False), formats=info.get("formats"))
     # only the int8 kernel's weights must be aligned: int4 data is repacked by prepare(), the rest read as is
     state = mmap_safetensors(path / "model.safetensors", align=ALIGN, needs_align=lambda name: name.endswith(".weight"))
     state.pop(PAD, None)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_names(expected, {k: tuple(v.shape) for k, v in state.items()}, str(path))
-    model.load_state_dict(state, strict=True, assign=True)
+    model = assign_state_dict(model, state, device)
     model.quantization.update({k: v for k, v in info.items() if k != "config"})
     model.quantization.setdefault("method", "rtn")
-    model.init_rope()
-    model = model.to(device).eval()
     if torch.device(device).type == "cpu":
         _prepare_cpu(model, path)
     else:
@@ -121,9 +112,8 @@ def _prepare_cpu(model: Gemma, path: Path) -> None:
             warnings.warn(f"{file}: rebuilding the int4 CPU layout ({type(e).__name__}: {e})")
     prepare_quantized(model)
     state = {f"{name}.{k}": getattr(m, k) for name, m in int4.items() for k in ("kernel_weight", "kernel_sz")}
-    tmp = file.with_name(file.name + f".tmp-{os.getpid()}")
     try:
-        save_aligned(state, tmp)
-        os.replace(tmp, file)
+        with atomic_path(file) as tmp:
+            save_aligned(state, tmp)
     except OSError:  # a read-only cache: repack at every load
-        tmp.unlink(missing_ok=True)
+        pass
