@@ -7,7 +7,7 @@ import torch
 import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.weights.hf import load_hf_dir
-from hf_utils import make_hf_model, tiny_model
+from helpers import make_hf_model, tiny_model
 
 TINY = ["tiny-gemma", "tiny-gemma-mha", "tiny-gemma2", "tiny-gemma3"]
 SEQ = 40  # longer than the tiny sliding window (8)

@@ -12,7 +12,7 @@ from opengemma.engine.generate import generate, set_gemv
 from opengemma.model import Linear
 from opengemma.quantize import (Int4Linear, Int8Linear, dequantize_int4, pack_int4, quantize_int4, quantize_int8,
                                 quantize_model)
-from hf_utils import explain_decode_step, tiny_model
+from helpers import explain_decode_step, tiny_model
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() and not kernels.INTERPRET,
                                 reason="on a GPU, test_cuda.py runs the compiled kernel")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from opengemma.engine.score import Scorer
-from hf_utils import tiny_model
+from helpers import tiny_model
 
 
 def reference_logprob(model, ctx, cont):

@@ -15,7 +15,7 @@ from opengemma.weights import CheckpointError
 from opengemma.quantize import dequantize_int4
 from opengemma.weights.gguf import INT4_TYPES, int4_groups, load_gguf, open_gguf, save_gguf
 from opengemma.weights.hf import load_hf_dir, save_hf_dir
-from hf_utils import tiny_model
+from helpers import tiny_model
 
 TINY = ["tiny-gemma", "tiny-gemma-mha", "tiny-gemma2", "tiny-gemma3"]
 

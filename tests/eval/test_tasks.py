@@ -17,9 +17,9 @@ from opengemma.eval.tasks.bias import CrowSPairs, LexiconToxicity, RealToxicityP
 from opengemma.eval.tasks.generation import GSM8K, MATH, MBPP, NaturalQuestions, TriviaQA, normalize_math, number_text
 from opengemma.eval.tasks.multiple_choice import ARC, PIQA, BoolQ, CommonsenseQA, HellaSwag, OpenBookQA, WinoGrande
 from opengemma.eval.tasks.registry import REGISTRY
-from hf_utils import tiny_model
+from helpers import tiny_model
 
-DATA = Path(__file__).parent / "fixtures" / "eval"
+DATA = Path(__file__).parent / "fixtures"
 
 
 def rec(task, item, logprobs):

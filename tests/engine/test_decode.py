@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from opengemma.engine.generate import generate
-from hf_utils import explain_decode_step, tiny_model
+from helpers import explain_decode_step, tiny_model
 
 
 def tiny(name="tiny-gemma3", **kw):

@@ -5,7 +5,7 @@ import torch
 from opengemma.config import GemmaConfig
 from opengemma.engine.generate import PromptTooLongError, generate
 from opengemma.engine.sampling import sample
-from hf_utils import tiny_model
+from helpers import tiny_model
 
 
 def tiny(name="tiny-gemma3", **kw):

@@ -13,7 +13,7 @@ import torch
 from opengemma.engine.generate import compiled_decode_step, decode_compile_options, generate, set_gemv
 from opengemma.engine.scheduler import Request, Scheduler
 from opengemma.quantize import Int4Linear, Int8Linear, prepare_quantized, quantize_model
-from hf_utils import tiny_model
+from helpers import tiny_model
 
 pytestmark = pytest.mark.cuda
 DEV = torch.device("cuda")

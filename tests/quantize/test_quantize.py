@@ -5,7 +5,7 @@ import torch
 import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.engine.generate import generate
-from hf_utils import explain_decode_step, tiny_model
+from helpers import explain_decode_step, tiny_model
 from opengemma.quantize import (DENSE_INT4_M, RESCORE_K, SMALL_M, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear,
                                 RescoredEmbedding, pack_int4, quantize_int4, quantize_int8, quantize_model,
                                 unpack_int4)
@@ -379,13 +379,8 @@ def test_int4_load_without_a_tokenizer_falls_back_to_round_to_nearest(tmp_path, 
 
 
 def test_calibration_text_shares_nothing_with_the_quality_benchmark_text():
-    import sys
-    from pathlib import Path
-
+    from benchmarks import quality  # benchmarks/quality.py (the repository root is on pytest's pythonpath)
     from opengemma.calibration import MODULES, calibration_text
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import quality
 
     assert not set(MODULES) & set(quality.MODULES)
     paragraphs = lambda text: {p for p in text.split("\n\n") if len(p) > 80}  # not "Usage:" and the like
