@@ -1,7 +1,7 @@
 """The GPU paths: CUDA graphs in the compiled decode step, no host syncs in it, the CUDA int8/int4 kernels
 (tinygemm's packed layout) and ragged batches on the device. Opt-in tier, run on a machine with a GPU:
 
-    python -m pytest --run-cuda -m cuda tests/test_cuda.py
+    python -m pytest --run-cuda -m cuda tests/engine/test_cuda.py
 
 Without a GPU these fail (they are not skipped into green once asked for); the default run leaves them out.
 """
@@ -9,11 +9,11 @@ import copy
 
 import pytest
 import torch
+from helpers import gemv_reference, tiny_model
 
 from opengemma.engine.generate import compiled_decode_step, decode_compile_options, generate, set_gemv
 from opengemma.engine.scheduler import Request, Scheduler
 from opengemma.quantize import Int4Linear, Int8Linear, prepare_quantized, quantize_model
-from helpers import tiny_model
 
 pytestmark = pytest.mark.cuda
 DEV = torch.device("cuda")
@@ -30,10 +30,6 @@ def _gpu():
     torch._dynamo.reset()
 
 
-def tiny(name="tiny-gemma3", std=0.3, **kw):
-    return tiny_model(name, std=std, **kw)
-
-
 def cudagraph_skips() -> int:
     from torch._dynamo.utils import counters
 
@@ -42,7 +38,7 @@ def cudagraph_skips() -> int:
 
 @pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
 def test_cuda_forward_and_generation_equal_the_cpu(name):
-    cpu = tiny(name)
+    cpu = tiny_model(name, std=0.3)
     gpu = copy.deepcopy(cpu).to(DEV)
     tok = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -55,7 +51,7 @@ def test_cuda_forward_and_generation_equal_the_cpu(name):
 
 def test_cuda_graph_decode_equals_eager_and_never_skips_the_graph():
     # (each compile costs 20-60 s on a lent GPU: the tier keeps their number down; soft-capping is in the next)
-    model = tiny("tiny-gemma3").to(DEV)
+    model = tiny_model("tiny-gemma3", std=0.3).to(DEV)
     skips = cudagraph_skips()
     for prompts in (PROMPTS, PROMPTS[:1]):  # batch 3 and batch 1 (one-row matmuls become reductions)
         eager = generate(model, prompts, max_new_tokens=24, compile=False)
@@ -69,7 +65,7 @@ def test_cuda_graph_decode_equals_eager_and_never_skips_the_graph():
 
 @pytest.mark.parametrize("greedy,max_k", [(True, None), (False, 40)])
 def test_compiled_decode_step_never_synchronizes_with_the_host(greedy, max_k):
-    model = tiny().to(DEV)
+    model = tiny_model("tiny-gemma3", std=0.3).to(DEV)
     B = 2
     model.setup_cache(B, 64, prefill_chunk=8)
     step = compiled_decode_step(model)
@@ -94,7 +90,7 @@ def test_compiled_decode_step_never_synchronizes_with_the_host(greedy, max_k):
 
 
 def test_cuda_ragged_batch_and_continuous_batching_equal_one_at_a_time():
-    model = tiny("tiny-gemma2").to(DEV)  # soft-capping, alternating sliding-window layers
+    model = tiny_model("tiny-gemma2", std=0.3).to(DEV)  # soft-capping, alternating sliding-window layers
     batch = generate(model, PROMPTS, max_new_tokens=15, compile=True)
     alone = [generate(model, [p], max_new_tokens=15, compile=True)[0].tokens for p in PROMPTS]
     assert [o.tokens for o in batch] == alone
@@ -108,7 +104,7 @@ def test_cuda_ragged_batch_and_continuous_batching_equal_one_at_a_time():
 
 @pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
 def test_cuda_ring_buffer_equals_full_attention_over_several_windows(name):
-    model = tiny(name).to(DEV)
+    model = tiny_model(name, std=0.3).to(DEV)
     T, chunk = 60, 3  # 7.5 windows of 8
     tok = torch.randint(0, 512, (2, T), generator=torch.Generator().manual_seed(1)).to(DEV)
     with torch.inference_mode():
@@ -149,7 +145,7 @@ def test_cuda_quantized_linear_compiled_matches_its_dequantized_weights(cls, arg
 
 @pytest.mark.parametrize("mode,embedding", [("int8", "int8"), ("int4", "int4"), ("int4", "int4+int8")])
 def test_cuda_quantized_model_matches_the_cpu_kernels_and_compiles(mode, embedding):
-    cpu = quantize_model(tiny(std=0.1, **WIDE), mode, group_size=32, embedding=embedding)
+    cpu = quantize_model(tiny_model("tiny-gemma3", std=0.1, **WIDE), mode, group_size=32, embedding=embedding)
     gpu = copy.deepcopy(cpu).to(DEV)
     prepare_quantized(gpu)  # tinygemm's layout on the GPU differs from the CPU kernel's
     tok = torch.randint(0, 512, (2, 30), generator=torch.Generator().manual_seed(3))
@@ -177,11 +173,10 @@ def test_cuda_quantized_model_matches_the_cpu_kernels_and_compiles(mode, embeddi
 @pytest.mark.parametrize("M,N,K", [(1, 2048, 16384), (3, 2560, 2048), (1, 1000, 640)])
 def test_cuda_gemv_kernel_equals_float64(fmt, M, N, K):
     from opengemma import kernels
-    from test_kernels import reference
 
     gs = 32
     x = torch.randn(M, K).bfloat16()
-    ref, args = reference(fmt, x, torch.randn(N, K), gs)
+    ref, args = gemv_reference(fmt, x, torch.randn(N, K), gs)
     w, s, z = (a.to(DEV) for a in args)
     y = kernels.gemv(x.to(DEV), w, fmt, s, z, gs)
     assert y.dtype == torch.bfloat16 and y.shape == (M, N)
@@ -192,7 +187,7 @@ def test_cuda_gemv_kernel_equals_float64(fmt, M, N, K):
 def test_cuda_gemv_decode_compiled_equals_eager_in_one_graph(mode):
     from opengemma import kernels
 
-    model = tiny(std=0.1, **WIDE)
+    model = tiny_model("tiny-gemma3", std=0.1, **WIDE)
     if mode is not None:
         model = quantize_model(model, mode, group_size=32, embedding=mode)
     model = set_gemv(model.to(DEV).to(torch.bfloat16) if mode is None else model.to(DEV))

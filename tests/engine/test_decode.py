@@ -1,19 +1,16 @@
-"""The static decode path: ring-buffer sliding-window caches, chunked prefill, compiled decode."""
+"""The static decode path: ring-buffer sliding-window caches, chunked prefill, the compiled decode step (no
+graph breaks, recompiled when caches or the model change), rows joining a running batch."""
 import pytest
 import torch
-
-from opengemma.engine.generate import generate
 from helpers import explain_decode_step, tiny_model
 
-
-def tiny(name="tiny-gemma3", **kw):
-    return tiny_model(name, std=0.3, **kw)
+from opengemma.engine.generate import generate
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
 @pytest.mark.parametrize("chunk", [1, 3, 8])
 def test_ring_buffer_equals_full_attention_over_several_windows(name, chunk):
-    model = tiny(name)
+    model = tiny_model(name, std=0.3)
     T = 60  # 7.5 windows of 8
     tok = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -34,7 +31,7 @@ def test_ring_buffer_equals_full_attention_over_several_windows(name, chunk):
 
 
 def test_chunked_prefill_generation_equals_unchunked():
-    model = tiny()
+    model = tiny_model("tiny-gemma3", std=0.3)
     prompts = [list(range(2, 40)), [2, 9, 10]]
     ref = generate(model, prompts, max_new_tokens=12, prefill_chunk=512)
     for chunk in (1, 5, 16):
@@ -45,13 +42,13 @@ def test_chunked_prefill_generation_equals_unchunked():
 @pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
 @pytest.mark.parametrize("greedy,max_k", [(True, None), (False, None), (False, 40)])
 def test_decode_step_has_no_graph_breaks(name, greedy, max_k):
-    explanation = explain_decode_step(tiny(name), greedy=greedy, max_k=max_k)
+    explanation = explain_decode_step(tiny_model(name, std=0.3), greedy=greedy, max_k=max_k)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 
 
 def test_compiled_decode_gives_the_same_tokens_as_eager():
-    model = tiny("tiny-gemma3")
+    model = tiny_model("tiny-gemma3", std=0.3)
     prompts = [list(range(2, 30)), [2, 9, 10, 11]]
     eager = generate(model, prompts, max_new_tokens=24, compile=False, prefill_chunk=8)
     compiled = generate(model, prompts, max_new_tokens=24, compile=True, prefill_chunk=8)
@@ -68,7 +65,7 @@ def test_compiled_decode_follows_cache_changes_and_each_model_keeps_its_own():
 
     from opengemma.quantize import quantize_model
 
-    a, b = tiny(), tiny(seed=1)
+    a, b = tiny_model("tiny-gemma3", std=0.3), tiny_model("tiny-gemma3", std=0.3, seed=1)
     c = copy.deepcopy(a).to(torch.bfloat16)  # same shapes, another dtype: a's graph would be wrong for it
     d = quantize_model(copy.deepcopy(a), "int8", dtype=torch.float32)  # same caches, other modules
     two, one = [list(range(2, 30)), [2, 9, 10, 11]], [[2, 50, 51, 52, 53]]
@@ -84,7 +81,7 @@ def test_compiled_decode_notices_a_model_changed_in_place():
     cast to another dtype after a compiled generate are noticed (module_fingerprint) and compiled afresh."""
     from opengemma.quantize import quantize_model
 
-    model = tiny()
+    model = tiny_model("tiny-gemma3", std=0.3)
     prompts = [list(range(2, 30)), [2, 9, 10, 11]]
 
     def same():
@@ -99,14 +96,6 @@ def test_compiled_decode_notices_a_model_changed_in_place():
     assert same()
 
 
-def test_sync_every_does_not_change_results():
-    model = tiny()
-    prompts = [list(range(2, 12)), [2, 3]]
-    a = generate(model, prompts, max_new_tokens=20, sync_every=1, stop_ids=[7, 8, 9])
-    b = generate(model, prompts, max_new_tokens=20, sync_every=6, stop_ids=[7, 8, 9])
-    assert [(o.tokens, o.finish_reason) for o in a] == [(o.tokens, o.finish_reason) for o in b]
-
-
 @pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
 def test_rows_join_a_running_batch_at_any_step(name):
     """Continuous batching on the model's terms: one clock for all rows (positions are clock ticks, slots
@@ -114,7 +103,7 @@ def test_rows_join_a_running_batch_at_any_step(name):
     just before the clock, then decodes in lockstep. Each row's greedy tokens equal generating alone."""
     from opengemma.engine.generate import generate
 
-    model = tiny(name)
+    model = tiny_model(name, std=0.3)
     prompts = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13], [2, 40, 41], [2, 77, 78, 79, 80, 81]]
     n_new = 14
     alone = [generate(model, [p], max_new_tokens=n_new)[0].tokens for p in prompts]
@@ -149,4 +138,3 @@ def test_rows_join_a_running_batch_at_any_step(name):
             nxt = logits[:, -1].argmax(-1)
             clock += 1
     assert [got[i] for i in range(len(prompts))] == alone
-

@@ -66,7 +66,7 @@ def test_rolling_loglikelihood_windows():
 
 
 def test_bad_requests():
-    scorer = Scorer(tiny_model("tiny-gemma"), max_len=32, progress=False)
+    scorer = Scorer(tiny_model("tiny-gemma", std=0.1), max_len=32, progress=False)
     with pytest.raises(ValueError, match="empty continuation"):
         scorer.loglikelihood_tokens([([2, 5], [])])
     with pytest.raises(ValueError, match="does not fit"):

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from opengemma.eval.scorer import Scorer
 from opengemma.eval.tasks.bias import CrowSPairs, LexiconToxicity, RealToxicityPrompts, Winogender, load_toxicity_scorer
 from opengemma.eval.tasks.generation import GSM8K, MATH, MBPP, NaturalQuestions, TriviaQA, normalize_math, number_text
 from opengemma.eval.tasks.multiple_choice import ARC, PIQA, BoolQ, CommonsenseQA, HellaSwag, OpenBookQA, WinoGrande
 from opengemma.eval.tasks.registry import REGISTRY
-from helpers import tiny_model
 
-DATA = Path(__file__).parent / "fixtures"
+DATA = Path(__file__).parent / "fixtures"  # a few items of each dataset in its released layout
 
 
 def rec(task, item, logprobs):

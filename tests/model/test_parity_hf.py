@@ -1,13 +1,11 @@
 """Parity with Hugging Face transformers on tiny random models of each generation."""
-import warnings
-
 import pytest
 import torch
+from helpers import make_hf_model, random_tokens, tiny_model
 
 import opengemma
 from opengemma.config import GemmaConfig
 from opengemma.weights.hf import load_hf_dir
-from helpers import make_hf_model, tiny_model
 
 TINY = ["tiny-gemma", "tiny-gemma-mha", "tiny-gemma2", "tiny-gemma3"]
 SEQ = 40  # longer than the tiny sliding window (8)
@@ -22,17 +20,12 @@ def pair(request, tmp_path_factory):
     return request.param, cfg, hf, d
 
 
-def _tokens(cfg, B=2, T=SEQ, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, cfg.vocab_size, (B, T), generator=g)
-
-
 def test_fp32_logits_match_transformers(pair):
     name, cfg, hf, d = pair
     with pytest.warns(UserWarning, match="no tokenizer"):
         llm = opengemma.load(d, dtype="float32", device="cpu")
     assert llm.config.family == cfg.family
-    tok = _tokens(cfg)
+    tok = random_tokens(cfg, 2, SEQ, seed=1)
     with torch.no_grad():
         ref = hf(tok).logits
         out = llm.model(tok)
@@ -45,7 +38,7 @@ def test_fp32_logits_match_transformers(pair):
 
 def test_bf16_logits_within_bf16_tolerance(pair):
     name, cfg, hf, d = pair
-    tok = _tokens(cfg)
+    tok = random_tokens(cfg, 2, SEQ, seed=1)
     with torch.no_grad():
         ref32 = hf(tok).logits
         hf16 = make_hf_model(cfg).to(torch.bfloat16)
@@ -78,7 +71,7 @@ def test_parity_check_catches_wrong_switches(tmp_path, field, value):
             if hasattr(m, "eps"):
                 m.eps = value
     model.init_rope()
-    tok = _tokens(cfg)
+    tok = random_tokens(cfg, 2, SEQ, seed=1)
     with torch.no_grad():
         diff = (model(tok) - hf(tok).logits).abs().max().item()
     assert diff > 1e-2
@@ -87,8 +80,8 @@ def test_parity_check_catches_wrong_switches(tmp_path, field, value):
 @pytest.mark.parametrize("name", TINY)
 def test_cached_decode_equals_uncached(name):
     cfg = GemmaConfig.from_name(name)
-    model = load_hf_dir_random(cfg)
-    tok = _tokens(cfg, B=2, T=30)
+    model = tiny_model(cfg.name, std=0.1)
+    tok = random_tokens(cfg, 2, 30, seed=1)
     with torch.no_grad():
         full = model(tok)
         model.setup_cache(2, 32)
@@ -105,9 +98,9 @@ def test_cached_decode_equals_uncached(name):
 @pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])
 def test_left_padded_rows_equal_unpadded(name):
     cfg = GemmaConfig.from_name(name)
-    model = load_hf_dir_random(cfg)
-    a = _tokens(cfg, B=1, T=20, seed=2)
-    b = _tokens(cfg, B=1, T=13, seed=3)
+    model = tiny_model(cfg.name, std=0.1)
+    a = random_tokens(cfg, 1, 20, seed=2)
+    b = random_tokens(cfg, 1, 13, seed=3)
     batch = torch.cat([a, torch.cat([torch.zeros(1, 7, dtype=torch.long), b], dim=1)])
     with torch.no_grad():
         model.setup_cache(2, 20)
@@ -116,7 +109,3 @@ def test_left_padded_rows_equal_unpadded(name):
         ra, rb = model(a), model(b)
     assert (out[0] - ra[0]).abs().max() <= 1e-4
     assert (out[1, 7:] - rb[0]).abs().max() <= 1e-4
-
-
-def load_hf_dir_random(cfg):
-    return tiny_model(cfg.name, std=0.1)

@@ -1,35 +1,20 @@
 """The Triton GEMV kernel (opengemma/kernels.py) against float64 matmuls, and the modules that route their
 few-row products through it. Without a GPU it runs through Triton's interpreter on CPU tensors (conftest sets
-TRITON_INTERPRET=1): same kernel source, same index arithmetic and masks; the GPU tier (test_cuda.py) runs it
-compiled, inside the CUDA-graph decode step."""
+TRITON_INTERPRET=1): same kernel source, same index arithmetic and masks; the GPU tier (tests/engine/test_cuda.py)
+runs it compiled, inside the CUDA-graph decode step."""
 import copy
 
 import pytest
 import torch
+from helpers import explain_decode_step, gemv_reference, tiny_model
 
 from opengemma import kernels
 from opengemma.engine.generate import generate, set_gemv
 from opengemma.model import Linear
-from opengemma.quantize import (Int4Linear, Int8Linear, dequantize_int4, pack_int4, quantize_int4, quantize_int8,
-                                quantize_model)
-from helpers import explain_decode_step, tiny_model
+from opengemma.quantize import Int4Linear, Int8Linear, quantize_model
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() and not kernels.INTERPRET,
-                                reason="on a GPU, test_cuda.py runs the compiled kernel")
-
-
-def reference(fmt, x, w, group_size):
-    """float64 x @ W^T of what the kernel is given (weights as stored), and the kernel's arguments."""
-    if fmt == kernels.FLOAT:
-        wb = w.bfloat16()
-        return x.double() @ wb.double().T, (wb, wb, wb)
-    if fmt == kernels.INT8:
-        q, s = quantize_int8(w)
-        s = s.bfloat16()
-        return (x.double() @ q.double().T) * s.double(), (q, s, s)
-    q, s, z = quantize_int4(w, group_size)
-    s, z = s.bfloat16(), z.bfloat16()
-    return x.double() @ dequantize_int4(q, s, z).double().T, (pack_int4(q), s, z)
+                                reason="on a GPU, tests/engine/test_cuda.py runs the compiled kernel")
 
 
 @pytest.mark.parametrize("fmt", [kernels.FLOAT, kernels.INT8, kernels.INT4])
@@ -44,7 +29,7 @@ def test_gemv_equals_float64_matmul(fmt, M, N, K, group_size, split):
     if K // gs % split:
         split = 1
     x = torch.randn(M, K).bfloat16()
-    ref, (w, s, z) = reference(fmt, x, torch.randn(N, K), gs)
+    ref, (w, s, z) = gemv_reference(fmt, x, torch.randn(N, K), gs)
     out = torch.ops.opengemma.gemv(x, w, s, z, fmt, gs, split)  # (split, M, N) float32 partial sums
     assert out.shape == (split, M, N)
     # float32 accumulation of K products: error ~ sqrt(K) * eps32 * |terms|, far below bf16 rounding
@@ -110,7 +95,7 @@ def test_model_with_gemv_gives_the_same_logits_and_tokens(mode):
 
 
 def test_set_gemv_off_restores_torch_kernels():
-    model = set_gemv(tiny_model("tiny-gemma"))
+    model = set_gemv(tiny_model("tiny-gemma", std=0.1))
     set_gemv(model, False)
     assert not any(m.gemv for m in model.modules() if hasattr(type(m), "gemv"))
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from server_utils import running
+from helpers import running
 
 pytestmark = pytest.mark.real_model
 

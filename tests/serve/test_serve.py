@@ -11,7 +11,7 @@ pytestmark = pytest.mark.real_model
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from server_utils import running  # noqa: E402
+from helpers import running  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.real_model
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from server_utils import running  # noqa: E402
+from helpers import running  # noqa: E402
 
 PROMPTS = [f"Note {i}: the most surprising fact about the number {i * 7 + 3} is" for i in range(32)]
 
