@@ -4,10 +4,10 @@ import threading
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from opengemma.engine.generate import PromptTooLongError, generate
 from opengemma.engine.scheduler import Request, Scheduler
-from helpers import tiny_model
 
 PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 77, 78, 79, 80, 81], [2, 9],
            [2, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116]]

@@ -4,9 +4,9 @@ import random
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from opengemma.engine.score import Scorer
-from helpers import tiny_model
 
 
 def reference_logprob(model, ctx, cont):

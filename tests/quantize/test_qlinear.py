@@ -4,8 +4,20 @@ int4 layout built in row blocks, the int4+int8 output layer's candidates carryin
 import pytest
 import torch
 
-from opengemma.quantize import (DENSE_INT4_M, RESCORE_K, SMALL_M, Int4Embedding, Int4Linear, Int8Embedding, Int8Linear,
-                                RescoredEmbedding, pack_int4, quantize_int4, quantize_int8, unpack_int4)
+from opengemma.quantize import (
+    DENSE_INT4_M,
+    RESCORE_K,
+    SMALL_M,
+    Int4Embedding,
+    Int4Linear,
+    Int8Embedding,
+    Int8Linear,
+    RescoredEmbedding,
+    pack_int4,
+    quantize_int4,
+    quantize_int8,
+    unpack_int4,
+)
 
 
 def test_int8_quantization_error_bound():

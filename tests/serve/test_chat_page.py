@@ -4,7 +4,6 @@ import os
 import shutil
 
 import pytest
-
 from helpers import running
 
 pytestmark = pytest.mark.real_model
