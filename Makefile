@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 PROMPT ?= The capital of France is
 
-.PHONY: run test test-quick test-slow install install-test
+.PHONY: run test test-quick test-slow install install-test lint
 
 install:
 	# torch first, pinned: the CPU build on this machine's disk (an unpinned torch pulls a multi-GB CUDA build)
@@ -20,7 +20,12 @@ install-test: install
 run: install
 	$(PYTHON) -m opengemma.cli generate "$(PROMPT)" --max-new-tokens 40
 
-test: install-test
+lint:
+	# one formatter and linter for the whole tree (pyproject.toml's [tool.ruff])
+	$(PYTHON) -m ruff format --check opengemma tests benchmarks
+	$(PYTHON) -m ruff check opengemma tests benchmarks
+
+test: install-test lint
 	$(PYTHON) -m pytest -q
 
 test-quick: install-test

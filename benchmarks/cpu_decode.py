@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 PROMPT_TOKENS, NEW_TOKENS = 512, 128
 
-CHILD = r'''
+CHILD = r"""
 import json, os, resource, statistics, sys, time
 engine, mode, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 import torch
@@ -114,39 +113,49 @@ elif engine == "transformers":
         t = time.perf_counter(); gen(N); tn = time.perf_counter() - t
         prefill.append(P / t1); decode.append((N - 1) / (tn - t1))
     result(load_s, prefill, decode)
-''' % {"P": PROMPT_TOKENS, "N": NEW_TOKENS}
+""" % {"P": PROMPT_TOKENS, "N": NEW_TOKENS}
 
 
-HOG = r'''
+HOG = r"""
 import numpy as np
 a = np.ones(2**26); b = np.empty_like(a)  # 512 MB each, far beyond any cache
 while True:
     np.copyto(b, a); np.copyto(a, b)
-'''
-COPY = r'''
+"""
+COPY = r"""
 import time, numpy as np
 a = np.ones(2**25); b = np.empty_like(a); np.copyto(b, a)
 best = min((lambda t: (np.copyto(b, a), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(10))
 print(2 * a.nbytes / best / 1e9)  # GB/s, read + write counted (STREAM's copy)
-'''
+"""
 
 
 def copy_bandwidth(cpus) -> float:
     """One core's copy bandwidth (GB/s) on `cpus`: what a memory-bound decode step can stream."""
-    out = subprocess.run([sys.executable, "-c", COPY], capture_output=True, text=True, check=True,
-                         preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    out = subprocess.run(
+        [sys.executable, "-c", COPY],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
     return float(out.stdout)
 
 
 def run_child(engine: str, mode: str, reps: int, threads: int, cpus=None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    proc = subprocess.run([sys.executable, "-c", CHILD, engine, mode, str(reps), str(threads), __file__],
-                          capture_output=True, text=True, env=env, preexec_fn=pin)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, engine, mode, str(reps), str(threads), __file__],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=pin,
+    )
+    line = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -155,9 +164,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default="default,default-eager,fp32,bf16,int8,gguf,gguf-emb48,int4-emb8,int4,int4-emb4")
     ap.add_argument("--skip", default="", help="comma-separated peers to skip: llama.cpp,transformers")
-    ap.add_argument("--hog", action="store_true",
-                    help="a host with less memory bandwidth, emulated: a process streaming copies on the last core "
-                         "takes part of the bandwidth while every engine runs pinned to the other cores")
+    ap.add_argument(
+        "--hog",
+        action="store_true",
+        help="a host with less memory bandwidth, emulated: a process streaming copies on the last core "
+        "takes part of the bandwidth while every engine runs pinned to the other cores",
+    )
     ap.add_argument("--output", default=str(Path(__file__).parent / "results" / "cpu_decode.json"))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -169,15 +181,18 @@ def main() -> None:
         if len(cpus) < args.threads:
             raise SystemExit(f"--hog needs {args.threads} cores besides the hog's; this machine has {len(everything)}")
         quiet = copy_bandwidth(cpus)
-        hog = subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=lambda: os.sched_setaffinity(0, {everything[-1]}))
+        hog = subprocess.Popen(
+            [sys.executable, "-c", HOG], preexec_fn=lambda: os.sched_setaffinity(0, {everything[-1]})
+        )
     try:
         bandwidth = copy_bandwidth(cpus or set(sorted(os.sched_getaffinity(0))[:1]))
         rows: dict[str, dict] = {}
         if "llama.cpp" not in skip:
             rows["llama.cpp (Q4_K_M GGUF)"] = run_child("llama.cpp", "-", args.reps, args.threads, cpus)
         if "transformers" not in skip:
-            rows["transformers bf16 (eager)"] = run_child("transformers", "-", max(2, args.reps // 2), args.threads,
-                                                          cpus)
+            rows["transformers bf16 (eager)"] = run_child(
+                "transformers", "-", max(2, args.reps // 2), args.threads, cpus
+            )
         for mode in args.modes.split(","):
             rows[f"opengemma {mode}"] = run_child("opengemma", mode, args.reps, args.threads, cpus)
     finally:
@@ -191,20 +206,28 @@ def main() -> None:
     tf = rows.get("transformers bf16 (eager)", {})
     head = f"{'engine':28s} {'load s':>7s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'peak RSS GiB':>13s}"
     head += f" {'decode/llama.cpp':>17s} {'prefill/llama.cpp':>18s} {'decode/transformers':>20s}"
-    print(f"\nGemma 3 270M, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, {args.threads} threads, "
-          f"median of {args.reps}; {note}\n" + head)
+    print(
+        f"\nGemma 3 270M, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, {args.threads} threads, "
+        f"median of {args.reps}; {note}\n" + head
+    )
     for name, r in rows.items():
         if "error" in r:
             print(f"{name:28s} failed: {r['error']}")
             continue
         ratio = lambda key, ref: f"{r[key] / ref[key]:.2f}x" if ref and "error" not in ref else "-"
-        print(f"{name:28s} {r['load_s']:7.2f} {r['prefill_tok_s']:14.0f} {r['decode_tok_s']:13.1f} "
-              f"{r['peak_rss_gib']:13.2f} {ratio('decode_tok_s', lc):>17s} {ratio('prefill_tok_s', lc):>18s} "
-              f"{ratio('decode_tok_s', tf):>20s}")
+        print(
+            f"{name:28s} {r['load_s']:7.2f} {r['prefill_tok_s']:14.0f} {r['decode_tok_s']:13.1f} "
+            f"{r['peak_rss_gib']:13.2f} {ratio('decode_tok_s', lc):>17s} {ratio('prefill_tok_s', lc):>18s} "
+            f"{ratio('decode_tok_s', tf):>20s}"
+        )
     out = Path(args.output)
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "reps": args.reps, "copy_gb_s": bandwidth, "hog": args.hog,
-                               "results": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"threads": args.threads, "reps": args.reps, "copy_gb_s": bandwidth, "hog": args.hog, "results": rows},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

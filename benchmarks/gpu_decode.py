@@ -70,7 +70,7 @@ def bytes_per_token(model) -> int:
     """Bytes a batch-1 decode step must read: every weight once (the tied embedding as the output matrix;
     int4 layers through their kernel layout), not the KV cache or RoPE tables."""
     from opengemma.model import KVCache
-    from opengemma.quantize import RESCORE_K, Int4Linear, RescoredEmbedding
+    from opengemma.qlinear import RESCORE_K, Int4Linear, RescoredEmbedding
 
     skip, total = set(), 0
     for m in model.modules():
@@ -114,8 +114,12 @@ def time_decode(model, batch: int, steps: int, prompt_len: int = 16) -> dict:
         tn = time.perf_counter() - t
         assert all(len(o.tokens) == steps for o in out)
         runs.append(batch * (steps - 1) / (tn - t1))
-    return {"tok_s": sorted(runs)[1], "runs": runs, "first_call_s": compile_s,
-            "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips}
+    return {
+        "tok_s": sorted(runs)[1],
+        "runs": runs,
+        "first_call_s": compile_s,
+        "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips,
+    }
 
 
 def time_prefill(model, tokens: int = 2048) -> float:
@@ -145,13 +149,20 @@ def transformers_decode(name: str, device, steps: int) -> float:
     finally:
         torch.set_default_dtype(torch.float32)
     ids = torch.tensor([[2] + list(range(100, 115))], device=device)
-    gen = lambda n: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                   do_sample=False, pad_token_id=0)
+    gen = lambda n: model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+    )
     gen(4)
     sync(device)
-    t = time.perf_counter(); gen(1); sync(device); t1 = time.perf_counter() - t
-    t = time.perf_counter(); gen(steps); sync(device); tn = time.perf_counter() - t
-    del model
+    t = time.perf_counter()
+    gen(1)
+    sync(device)
+    t1 = time.perf_counter() - t
+    t = time.perf_counter()
+    gen(steps)
+    sync(device)
+    tn = time.perf_counter() - t
+    model = None  # free it (gen, which reads it, is done)
     return (steps - 1) / (tn - t1)
 
 
@@ -175,33 +186,48 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip stages once this much time has passed")
     ap.add_argument("--skip", default="", help="comma list of stages to skip: transformers,batches,prefill")
-    ap.add_argument("--modes", default="bf16,bf16-gemv,int8,int8-gemv,int4,int4-gemv,int4r,int4r-gemv",
-                    help="decode modes at batch 1 (int4: int8 output matrix; int4r: the int4+int8 output layer; "
-                         "-gemv: products through opengemma's Triton GEMV kernel, opengemma/kernels.py)")
-    ap.add_argument("--no-cd-tuning", action="store_true",
-                    help="compile without coordinate-descent tuning (one-row matmuls stay cuBLAS calls)")
+    ap.add_argument(
+        "--modes",
+        default="bf16,bf16-gemv,int8,int8-gemv,int4,int4-gemv,int4r,int4r-gemv",
+        help="decode modes at batch 1 (int4: int8 output matrix; int4r: the int4+int8 output layer; "
+        "-gemv: products through opengemma's Triton GEMV kernel, opengemma/kernels.py)",
+    )
+    ap.add_argument(
+        "--no-cd-tuning",
+        action="store_true",
+        help="compile without coordinate-descent tuning (one-row matmuls stay cuBLAS calls)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     if args.no_cd_tuning:  # an experiment switch: the engine's options minus coordinate-descent tuning
         import opengemma.engine.generate as engine
 
         default_options = engine.decode_compile_options
-        engine.decode_compile_options = lambda dev: {k: v for k, v in (default_options(dev) or {}).items()
-                                                     if k != "coordinate_descent_tuning"} or None
+        engine.decode_compile_options = lambda dev: (
+            {k: v for k, v in (default_options(dev) or {}).items() if k != "coordinate_descent_tuning"} or None
+        )
     device = torch.device(args.device)
     skip = set(filter(None, args.skip.split(",")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bw = copy_bandwidth(device, 2.0 if device.type == "cuda" else 0.25)
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args),
-               "torch": torch.__version__, "copy_bandwidth_GBps": bw / 1e9, "steps": args.steps, "models": {},
-               "skipped": []}
+    results = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "args": vars(args),
+        "torch": torch.__version__,
+        "copy_bandwidth_GBps": bw / 1e9,
+        "steps": args.steps,
+        "models": {},
+        "skipped": [],
+    }
     print(f"device: {results['device']}; copy bandwidth {bw / 1e9:.0f} GB/s; torch {torch.__version__}", flush=True)
     names = args.models.split(",")
     models = {name: random_model(name, device) for name in names}
     for name in names:
-        results["models"][name] = {"weight_GB": bytes_per_token(models[name]) / 1e9,
-                                   "roofline_tok_s": bw / bytes_per_token(models[name])}
+        results["models"][name] = {
+            "weight_GB": bytes_per_token(models[name]) / 1e9,
+            "roofline_tok_s": bw / bytes_per_token(models[name]),
+        }
 
     def stage(label, fn, cost_s=60):
         """Run fn() unless the budget is spent; record and print the result, rewrite the JSON."""
@@ -227,8 +253,12 @@ def main() -> None:
             from opengemma.quantize import quantize_model
 
             # int4: an int8 output matrix (as measured before); int4r: the int4+int8 output layer
-            model = quantize_model(copy.deepcopy(model), "int4" if base == "int4r" else base, group_size=32,
-                                   embedding="int4+int8" if base == "int4r" else "int8")
+            model = quantize_model(
+                copy.deepcopy(model),
+                "int4" if base == "int4r" else base,
+                group_size=32,
+                embedding="int4+int8" if base == "int4r" else "int8",
+            )
         set_gemv(model, gemv)
         try:
             r = time_decode(model, batch, args.steps)
@@ -276,14 +306,19 @@ def main() -> None:
         k = v = torch.randn(1, 1, T, 256, device=device, dtype=torch.bfloat16)
         mask = torch.ones(T, T, dtype=torch.bool, device=device).tril().view(1, 1, T, T)
         r = {}
-        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                        SDPBackend.MATH):
+        for backend in (
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.MATH,
+        ):
             for gqa in (True, False):
                 kk, vv = (k, v) if gqa else (k.expand(1, 8, T, 256), v.expand(1, 8, T, 256))
                 try:
                     with sdpa_kernel([backend]):
                         fn = lambda: torch.nn.functional.scaled_dot_product_attention(
-                            q, kk, vv, attn_mask=mask, enable_gqa=gqa)
+                            q, kk, vv, attn_mask=mask, enable_gqa=gqa
+                        )
                         fn()
                         sync(device)
                         t = time.perf_counter()
@@ -316,8 +351,10 @@ def main() -> None:
         if mode in modes:
             plan += [(f"{name} {mode} batch 1", lambda n=name, m=mode: decode(n, m), 90) for name in names]
     if "batches" not in skip:
-        plan += [(f"{first} bf16 batch {b}", lambda b=b: decode(first, "bf16", b), 60)
-                 for b in map(int, filter(None, args.batches.split(",")))]
+        plan += [
+            (f"{first} bf16 batch {b}", lambda b=b: decode(first, "bf16", b), 60)
+            for b in map(int, filter(None, args.batches.split(",")))
+        ]
     for label, fn, cost in plan:
         stage(label, fn, cost)
     print(json.dumps(results, indent=2))

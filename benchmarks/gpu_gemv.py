@@ -30,8 +30,13 @@ def shapes(name: str) -> dict[str, tuple[int, int]]:
 
     c = GemmaConfig.from_name(name)
     qkv = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
-    return {"qkv": (qkv, c.d_model), "o": (c.d_model, c.n_heads * c.head_dim), "gate_up": (2 * c.d_ff, c.d_model),
-            "down": (c.d_model, c.d_ff), "output": (c.vocab_size, c.d_model)}
+    return {
+        "qkv": (qkv, c.d_model),
+        "o": (c.d_model, c.n_heads * c.head_dim),
+        "gate_up": (2 * c.d_ff, c.d_model),
+        "down": (c.d_model, c.d_ff),
+        "output": (c.vocab_size, c.d_model),
+    }
 
 
 def bench(fn, device) -> float:
@@ -50,7 +55,7 @@ def bench(fn, device) -> float:
 def main() -> None:
     from opengemma import kernels
     from opengemma.engine.generate import decode_compile_options
-    from opengemma.quantize import Int4Linear, Int8Linear
+    from opengemma.qlinear import Int4Linear, Int8Linear
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="gemma-2b,gemma-7b")
@@ -66,12 +71,18 @@ def main() -> None:
     b = torch.empty_like(a)
     t_copy = bench(lambda: b.copy_(a), dev)
     bw = 2 * a.numel() / t_copy
-    del a, b
-    results = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
-               "copy_bandwidth_GBps": bw / 1e9, "products": []}
+    a = b = None  # free the buffers (the timed lambda is done with them)
+    results = {
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "copy_bandwidth_GBps": bw / 1e9,
+        "products": [],
+    }
     print(f"{results['device']}: copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
-    print(f"{'model':9} {'product':8} {'N x K':>14} {'M':>2} {'fmt':5} {'triton GB/s':>11} {'of copy':>7} "
-          f"{'torch GB/s':>10} {'of copy':>7} {'triton/torch':>12}")
+    print(
+        f"{'model':9} {'product':8} {'N x K':>14} {'M':>2} {'fmt':5} {'triton GB/s':>11} {'of copy':>7} "
+        f"{'torch GB/s':>10} {'of copy':>7} {'triton/torch':>12}"
+    )
     opts = decode_compile_options(dev)
     torch._dynamo.config.cache_size_limit = 64  # Int8Linear.forward compiles once per shape
     for mi, name in enumerate(args.models.split(",")):
@@ -105,18 +116,33 @@ def main() -> None:
                     ref = torch_fn(x).float()
                     err = ((ours(x).float() - ref).abs().max() / ref.abs().max()).item()
                     t_ours, t_torch = bench(lambda: ours(x), dev), bench(lambda: torch_fn(x), dev)
-                    r = {"model": name, "product": label, "N": N, "K": K, "M": M, "fmt": fmt, "bytes": nbytes,
-                         "torch_kernel": {"bf16": "cuBLAS (F.linear)", "int4": "tinygemm (_weight_int4pack_mm)"}.get(
-                             fmt, "inductor reduction, compiled" if compiled else "eager: bf16 copy + F.linear"),
-                         "triton_us": t_ours * 1e6, "torch_us": t_torch * 1e6, "triton_GBps": nbytes / t_ours / 1e9,
-                         "torch_GBps": nbytes / t_torch / 1e9, "rel_err_vs_torch": err,
-                         "split": kernels.split_k(N, K, 32 if fmt == "int4" else kernels.CHUNK, kernels._sms(dev))}
+                    r = {
+                        "model": name,
+                        "product": label,
+                        "N": N,
+                        "K": K,
+                        "M": M,
+                        "fmt": fmt,
+                        "bytes": nbytes,
+                        "torch_kernel": {"bf16": "cuBLAS (F.linear)", "int4": "tinygemm (_weight_int4pack_mm)"}.get(
+                            fmt, "inductor reduction, compiled" if compiled else "eager: bf16 copy + F.linear"
+                        ),
+                        "triton_us": t_ours * 1e6,
+                        "torch_us": t_torch * 1e6,
+                        "triton_GBps": nbytes / t_ours / 1e9,
+                        "torch_GBps": nbytes / t_torch / 1e9,
+                        "rel_err_vs_torch": err,
+                        "split": kernels.split_k(N, K, 32 if fmt == "int4" else kernels.CHUNK, kernels._sms(dev)),
+                    }
                     results["products"].append(r)
-                    print(f"{name:9} {label:8} {N:>7}x{K:<6} {M:>2} {fmt:5} {r['triton_GBps']:11.0f} "
-                          f"{r['triton_GBps'] * 1e9 / bw:7.0%} {r['torch_GBps']:10.0f} {r['torch_GBps'] * 1e9 / bw:7.0%} "
-                          f"{t_torch / t_ours:11.2f}x  (err {err:.1e}, split {r['split']})", flush=True)
+                    print(
+                        f"{name:9} {label:8} {N:>7}x{K:<6} {M:>2} {fmt:5} {r['triton_GBps']:11.0f} "
+                        f"{r['triton_GBps'] * 1e9 / bw:7.0%} {r['torch_GBps']:10.0f} {r['torch_GBps'] * 1e9 / bw:7.0%} "
+                        f"{t_torch / t_ours:11.2f}x  (err {err:.1e}, split {r['split']})",
+                        flush=True,
+                    )
                     (out / "gpu_gemv.json").write_text(json.dumps(results, indent=2))
-                del lin, torch_fn
+                lin = torch_fn = None  # free them before the next format
             del w
             torch.cuda.empty_cache() if dev.type == "cuda" else None
     # per model and format: a decode step's products (M = 1): each layer's four, n_layers times, plus the output
@@ -131,8 +157,10 @@ def main() -> None:
                 nbytes = sum(r["bytes"] * times(r) for r in rs)
                 t_o = sum(r["triton_us"] * times(r) for r in rs)
                 t_t = sum(r["torch_us"] * times(r) for r in rs)
-                print(f"{name} {fmt}: one decode step's products, triton {nbytes / t_o / 1e3:.0f} GB/s, torch "
-                      f"{nbytes / t_t / 1e3:.0f} GB/s ({t_t / t_o:.2f}x)")
+                print(
+                    f"{name} {fmt}: one decode step's products, triton {nbytes / t_o / 1e3:.0f} GB/s, torch "
+                    f"{nbytes / t_t / 1e3:.0f} GB/s ({t_t / t_o:.2f}x)"
+                )
     print(f"wrote {out / 'gpu_gemv.json'}")
 
 

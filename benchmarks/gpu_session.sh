@@ -15,7 +15,7 @@ T0=$SECONDS
 STAGES=",${STAGES:-quick,gemv,decode},"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
-TIER=(-m pytest --run-cuda -m cuda tests/test_cuda.py -q -p no:cacheprovider -W ignore::DeprecationWarning)
+TIER=(-m pytest --run-cuda -m cuda tests/engine/test_cuda.py -q -p no:cacheprovider -W ignore::DeprecationWarning)
 [[ $STAGES == *,quick,* ]] && timeout "${QUICK_TIMEOUT:-90}" $PY "${TIER[@]}" -k "eager or gemv_kernel" 2>&1 | tee "$OUT/gpu_quick_tests.log" | tail -8
 [[ $STAGES == *,gemv,* ]] && echo "[$((SECONDS - T0))s] GEMV kernel per product" && timeout "${GEMV_TIMEOUT:-150}" $PY benchmarks/gpu_gemv.py --models "${MODELS:-gemma-2b,gemma-7b}" --budget-s 130 \
   --out "$OUT" 2>&1 | grep -v -i warn | tee "$OUT/gpu_gemv.log"

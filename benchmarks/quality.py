@@ -25,8 +25,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-MODULES = ["argparse", "collections", "json", "logging", "pathlib", "subprocess", "threading", "unittest",
-           "email", "http.client", "sqlite3", "asyncio.tasks", "decimal", "fractions", "statistics", "heapq"]
+MODULES = [
+    "argparse",
+    "collections",
+    "json",
+    "logging",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "unittest",
+    "email",
+    "http.client",
+    "sqlite3",
+    "asyncio.tasks",
+    "decimal",
+    "fractions",
+    "statistics",
+    "heapq",
+]
 
 
 def mode_kwargs(mode: str) -> dict:
@@ -44,8 +60,9 @@ def heldout_text(which: str = "stdlib") -> str:
     """stdlib: the documentation of MODULES and of the objects each defines itself; licenses; or a file."""
     if which == "licenses":
         root = Path("/usr/share/common-licenses")
-        return "\n\n".join(p.read_text(errors="replace") for p in sorted(root.iterdir())
-                            if p.is_file() and not p.is_symlink())
+        return "\n\n".join(
+            p.read_text(errors="replace") for p in sorted(root.iterdir()) if p.is_file() and not p.is_symlink()
+        )
     if which != "stdlib":
         return Path(which).read_text()
     from opengemma.calibration import stdlib_documentation
@@ -57,12 +74,12 @@ def heldout_text(which: str = "stdlib") -> str:
 def score(model, ids: list[int], window: int, bos: int) -> tuple[float, int, list[torch.Tensor], dict]:
     """Mean NLL over windows, the argmax at each position, and for an int4+int8 output layer what its
     decode path gives (logits of <= SMALL_M rows at a time: the best 64 by int4 recomputed in int8)."""
-    from opengemma.quantize import SMALL_M, RescoredEmbedding
+    from opengemma.qlinear import SMALL_M, RescoredEmbedding
 
     rescored = isinstance(model.embed, RescoredEmbedding)
     nll, count, argmaxes, dec_nll, dec_same = 0.0, 0, [], 0.0, 0
     for s in range(0, len(ids), window - 1):
-        chunk = [bos] + ids[s:s + window - 1]
+        chunk = [bos] + ids[s : s + window - 1]
         if len(chunk) < 2:
             break
         x = torch.tensor([chunk])
@@ -72,7 +89,7 @@ def score(model, ids: list[int], window: int, bos: int) -> tuple[float, int, lis
         count += len(chunk) - 1
         argmaxes.append(logits.argmax(-1))
         if rescored:  # decode's few rows: against the int8 layer on as few rows (the same kernel, same rounding)
-            rows = [h[i:i + SMALL_M] for i in range(0, len(h), SMALL_M)]
+            rows = [h[i : i + SMALL_M] for i in range(0, len(h), SMALL_M)]
             dec = torch.cat([model.logits(r) for r in rows]).float()
             int8 = torch.cat([model.embed.table(r) for r in rows]).float()
             dec_nll += F.cross_entropy(dec, x[0, 1:], reduction="sum").item()
@@ -89,8 +106,11 @@ def main() -> None:
     ap.add_argument("--modes", default="fp32,bf16,int8,gguf,gguf-emb48,int4,int4-emb8,int4-emb4")
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--text", default="stdlib", help="stdlib | licenses | a text file")
-    ap.add_argument("--update", action="store_true",
-                    help="keep the other modes' rows of the existing results file (same text and token count)")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other modes' rows of the existing results file (same text and token count)",
+    )
     args = ap.parse_args()
     suffix = "" if args.text == "stdlib" else "-" + Path(args.text).stem
     out = Path(__file__).parent / "results" / f"quality{suffix}.json"
@@ -103,8 +123,13 @@ def main() -> None:
         am = torch.cat(argmaxes)
         if ref_argmax is None:
             ref_argmax = am
-        rows[mode] = {"nll": nll, "perplexity": math.exp(nll), "tokens": n,
-                      "argmax_agreement_vs_first": (am == ref_argmax).float().mean().item(), **extra}
+        rows[mode] = {
+            "nll": nll,
+            "perplexity": math.exp(nll),
+            "tokens": n,
+            "argmax_agreement_vs_first": (am == ref_argmax).float().mean().item(),
+            **extra,
+        }
         del llm
     if args.update and out.exists():  # the earlier rows of the same text and tokens, this run's rows over them
         old = json.loads(out.read_text())
@@ -115,13 +140,17 @@ def main() -> None:
     print(f"{'mode':8s} {'perplexity':>11s} {'vs ' + args.modes.split(',')[0]:>10s} {'argmax agree':>13s}  tokens")
     for mode, r in rows.items():
         r["ratio"] = r["perplexity"] / base
-        print(f"{mode:8s} {r['perplexity']:11.3f} {100 * (r['ratio'] - 1):+9.2f}% {r['argmax_agreement_vs_first']:13.4f}"
-              f"  {r['tokens']}")
+        print(
+            f"{mode:8s} {r['perplexity']:11.3f} {100 * (r['ratio'] - 1):+9.2f}% {r['argmax_agreement_vs_first']:13.4f}"
+            f"  {r['tokens']}"
+        )
         if "decode_path_nll" in r:
             r["decode_path_ratio"] = math.exp(r["decode_path_nll"]) / base
-            print(f"{'':8s} decode path (int4 scores, best 64 in int8): perplexity "
-                  f"{100 * (r['decode_path_ratio'] - 1):+.2f}%, argmax as with int8 logits at "
-                  f"{100 * r['decode_path_argmax_same']:.2f}% of positions")
+            print(
+                f"{'':8s} decode path (int4 scores, best 64 in int8): perplexity "
+                f"{100 * (r['decode_path_ratio'] - 1):+.2f}%, argmax as with int8 logits at "
+                f"{100 * r['decode_path_argmax_same']:.2f}% of positions"
+            )
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"group_size": args.group_size, "text": args.text, "results": rows}, indent=2))
     print(f"wrote {out}")

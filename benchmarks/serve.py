@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-TEXT = ("The history of the printing press begins in the fifteenth century, when movable type changed how "
-        "books were made, sold and read across Europe. ")
+TEXT = (
+    "The history of the printing press begins in the fifteenth century, when movable type changed how "
+    "books were made, sold and read across Europe. "
+)
 
 
 def serve_main(args) -> None:
@@ -52,10 +54,15 @@ def serve_main(args) -> None:
         model.init_rope()
         llm = LLM(model, tok, name=args.random)
     else:
-        llm = opengemma.load(args.model, dtype=args.dtype, quantize=args.quantize, device=args.device,
-                             progress=False)
-    app = create_app(llm, model_name="bench", max_batch=args.max_batch, max_queue=1024, max_len=args.max_len,
-                     compile=args.compile is not False)  # as `opengemma serve`: compiled, warmed at start
+        llm = opengemma.load(args.model, dtype=args.dtype, quantize=args.quantize, device=args.device, progress=False)
+    app = create_app(
+        llm,
+        model_name="bench",
+        max_batch=args.max_batch,
+        max_queue=1024,
+        max_len=args.max_len,
+        compile=args.compile is not False,
+    )  # as `opengemma serve`: compiled, warmed at start
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
@@ -72,16 +79,19 @@ async def one_request(http, base: str, prompt: str, max_tokens: int) -> dict:
             if chunk["choices"][0]["text"]:
                 stamps.append(time.perf_counter())
             usage = chunk.get("usage") or usage
-    return {"ttft": stamps[0] - t0 if stamps else None, "itl": [b - a for a, b in zip(stamps, stamps[1:])],
-            "tokens": usage["completion_tokens"], "end": time.perf_counter()}
+    return {
+        "ttft": stamps[0] - t0 if stamps else None,
+        "itl": [b - a for a, b in zip(stamps, stamps[1:])],
+        "tokens": usage["completion_tokens"],
+        "end": time.perf_counter(),
+    }
 
 
 async def level(base: str, concurrency: int, per_client: int, max_tokens: int) -> dict:
     import httpx
 
     async def client(c: int, http) -> list[dict]:
-        return [await one_request(http, base, f"Request {c}.{i}. " + TEXT * 4, max_tokens)
-                for i in range(per_client)]
+        return [await one_request(http, base, f"Request {c}.{i}. " + TEXT * 4, max_tokens) for i in range(per_client)]
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=None, limits=limits) as http:
@@ -92,10 +102,18 @@ async def level(base: str, concurrency: int, per_client: int, max_tokens: int) -
     ttft = sorted(r["ttft"] for r in reqs if r["ttft"] is not None)
     itl = sorted(x for r in reqs for x in r["itl"])
     q = lambda xs, p: xs[min(len(xs) - 1, int(p * len(xs)))] * 1000 if xs else float("nan")  # noqa: E731
-    return {"concurrency": concurrency, "requests": len(reqs), "wall_s": wall, "req_s": len(reqs) / wall,
-            "output_tok_s": sum(r["tokens"] for r in reqs) / wall, "mean_output_tokens": statistics.mean(
-                r["tokens"] for r in reqs), "ttft_p50_ms": q(ttft, 0.5), "ttft_p99_ms": q(ttft, 0.99),
-            "itl_p50_ms": q(itl, 0.5), "itl_p99_ms": q(itl, 0.99)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(reqs),
+        "wall_s": wall,
+        "req_s": len(reqs) / wall,
+        "output_tok_s": sum(r["tokens"] for r in reqs) / wall,
+        "mean_output_tokens": statistics.mean(r["tokens"] for r in reqs),
+        "ttft_p50_ms": q(ttft, 0.5),
+        "ttft_p99_ms": q(ttft, 0.99),
+        "itl_p50_ms": q(itl, 0.5),
+        "itl_p99_ms": q(itl, 0.99),
+    }
 
 
 def main() -> None:
@@ -126,7 +144,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     cmd = [sys.executable, __file__, "--serve", "--port", str(port)] + [
-        a for a in sys.argv[1:] if a not in ("--serve",)]
+        a for a in sys.argv[1:] if a not in ("--serve",)
+    ]
     server = subprocess.Popen(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -143,9 +162,12 @@ def main() -> None:
         for c in [int(x) for x in args.concurrency.split(",")]:
             row = asyncio.run(level(base, c, args.requests_per_client, args.max_tokens))
             rows.append(row)
-            print(f"concurrency {c:3d}: {row['req_s']:.2f} req/s, {row['output_tok_s']:.1f} output tok/s, "
-                  f"TTFT p50 {row['ttft_p50_ms']:.0f} / p99 {row['ttft_p99_ms']:.0f} ms, "
-                  f"ITL p50 {row['itl_p50_ms']:.0f} / p99 {row['itl_p99_ms']:.0f} ms", flush=True)
+            print(
+                f"concurrency {c:3d}: {row['req_s']:.2f} req/s, {row['output_tok_s']:.1f} output tok/s, "
+                f"TTFT p50 {row['ttft_p50_ms']:.0f} / p99 {row['ttft_p99_ms']:.0f} ms, "
+                f"ITL p50 {row['itl_p50_ms']:.0f} / p99 {row['itl_p99_ms']:.0f} ms",
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -155,8 +177,10 @@ def main() -> None:
     print("| concurrency | requests | req/s | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['output_tok_s']:.1f} | "
-              f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.0f} / {r['itl_p99_ms']:.0f} |")
+        print(
+            f"| {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['output_tok_s']:.1f} | "
+            f"{r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.0f} / {r['itl_p99_ms']:.0f} |"
+        )
     out = Path(__file__).parent / "results" / (f"serve-{args.random}.json" if args.random else "serve.json")
     out.write_text(json.dumps({"model": name, "args": vars(args), "results": rows}, indent=2))
     print(f"\nwrote {out}")

@@ -22,13 +22,18 @@ from .engine.generate import GenerationOutput, generate, keep_freed_memory, set_
 from .model import Gemma
 from .streaming import TextStream
 from .tokenizer import Tokenizer
-from .weights import CheckpointError
-from .weights import store
+from .weights import CheckpointError, store
 from .weights.hf import load_hf_dir, read_config
 from .weights.store import ModelNotFoundError, cache_root  # noqa: F401 (part of the API)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -58,8 +63,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class LLM:
     """A model with its tokenizer. `llm.model(tokens)` gives logits; generate/chat work on text."""
 
-    def __init__(self, model: Gemma, tokenizer: Tokenizer | None, name: str = "", instruction_tuned: bool = False,
-                 compile: bool | None = None):
+    def __init__(
+        self,
+        model: Gemma,
+        tokenizer: Tokenizer | None,
+        name: str = "",
+        instruction_tuned: bool = False,
+        compile: bool | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or model.config.name
@@ -108,9 +119,17 @@ class LLM:
             return (texts[0], outs[0]) if single else (texts, outs)
         return texts[0] if single else texts
 
-    def chat(self, messages: Sequence[dict], max_new_tokens: int = 256, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] | None = None,
-             callback: Callable[[int, str], None] | None = None) -> str:
+    def chat(
+        self,
+        messages: Sequence[dict],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        callback: Callable[[int, str], None] | None = None,
+    ) -> str:
         """Reply to a conversation [{"role": "system"|"user"|"assistant", "content": ...}, ...] in Gemma's
         chat format (a system message is folded into the first user turn)."""
         tok = self._require_tokenizer()
@@ -128,8 +147,18 @@ class LLM:
                 callback(b, delta)
             return streams[b].stopped
 
-        outs: list[GenerationOutput] = generate(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                                                tok.stop_ids, on_token, compile=self.compile)
+        outs: list[GenerationOutput] = generate(
+            self.model,
+            ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            tok.stop_ids,
+            on_token,
+            compile=self.compile,
+        )
         for b, st in enumerate(streams):
             delta = st.finish()
             if delta and callback is not None:
@@ -138,10 +167,18 @@ class LLM:
 
 
 # -- loading -----------------------------------------------------------------------------------------
-def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | None = None,
-         device: str | torch.device | None = None, progress: bool = True, quantize: str | None = None,
-         group_size: int = 32, embedding_quantize: str | None = "default", compile: bool | None = None,
-         int4_method: str = "auto", gemv: bool = False) -> LLM:
+def load(
+    source: str | os.PathLike = DEFAULT_MODEL,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    quantize: str | None = None,
+    group_size: int = 32,
+    embedding_quantize: str | None = "default",
+    compile: bool | None = None,
+    int4_method: str = "auto",
+    gemv: bool = False,
+) -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
     The defaults are exact (float32 on CPU, bfloat16 on CUDA, no quantization): a library's callers compare
@@ -170,9 +207,15 @@ def load(source: str | os.PathLike = DEFAULT_MODEL, dtype: str | torch.dtype | N
         raise ValueError("gemv=True is for GPUs: the Triton GEMV kernel runs on CUDA devices")
     quant_spec.validate(quantize, embedding_quantize, int4_method)  # before any conversion
     float_dir, name = store.resolve_source(source, progress)
-    spec = quant_spec.resolve(quantize, group_size, embedding_quantize, int4_method,
-                              num_params=read_config(float_dir).num_params(), on_gpu=dev.type == "cuda",
-                              from_gguf=store.gguf_source(float_dir) is not None)
+    spec = quant_spec.resolve(
+        quantize,
+        group_size,
+        embedding_quantize,
+        int4_method,
+        num_params=read_config(float_dir).num_params(),
+        on_gpu=dev.type == "cuda",
+        from_gguf=store.gguf_source(float_dir) is not None,
+    )
     dt = resolve_dtype(dtype if dtype is not None or spec is None else "bfloat16", dev)
     if dev.type == "cpu":
         keep_freed_memory()  # before anything allocates: prefill and scoring reuse memory instead of faulting
@@ -194,10 +237,14 @@ def _tokenizer(path: Path) -> Tokenizer | None:
     if (path / "tokenizer.model").exists():
         return Tokenizer.from_file(path / "tokenizer.model")
     if (path / "tokenizer.json").exists():
-        raise CheckpointError(f"{path / 'tokenizer.json'}: only tokenizer.json found; opengemma reads SentencePiece "
-                              "tokenizer.model files (Gemma checkpoints ship one), please add it to the directory")
-    warnings.warn(f"{path} has no tokenizer.model or tokenizer.json: loading the model alone "
-                  "(llm.model works; generate/chat need a tokenizer)")
+        raise CheckpointError(
+            f"{path / 'tokenizer.json'}: only tokenizer.json found; opengemma reads SentencePiece "
+            "tokenizer.model files (Gemma checkpoints ship one), please add it to the directory"
+        )
+    warnings.warn(
+        f"{path} has no tokenizer.model or tokenizer.json: loading the model alone "
+        "(llm.model works; generate/chat need a tokenizer)"
+    )
     return None
 
 

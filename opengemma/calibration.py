@@ -11,11 +11,50 @@ import torch
 
 # names the calibration set (and GPTQ recipe) in the quantized-model cache
 CALIBRATION_ID = "stdlib1-32k-2"  # bump when the text, its size or the GPTQ recipe changes
-MODULES = ["os", "re", "typing", "functools", "itertools", "datetime", "random", "string", "textwrap", "csv",
-           "zipfile", "tarfile", "shutil", "socket", "urllib.request", "configparser", "dataclasses", "enum",
-           "inspect", "contextlib", "io", "tempfile", "hashlib", "base64", "doctest", "timeit", "difflib",
-           "calendar", "pprint", "ipaddress", "uuid", "optparse", "gettext", "locale", "codecs", "struct",
-           "bisect", "queue", "sched", "selectors", "glob", "fnmatch"]
+MODULES = [
+    "os",
+    "re",
+    "typing",
+    "functools",
+    "itertools",
+    "datetime",
+    "random",
+    "string",
+    "textwrap",
+    "csv",
+    "zipfile",
+    "tarfile",
+    "shutil",
+    "socket",
+    "urllib.request",
+    "configparser",
+    "dataclasses",
+    "enum",
+    "inspect",
+    "contextlib",
+    "io",
+    "tempfile",
+    "hashlib",
+    "base64",
+    "doctest",
+    "timeit",
+    "difflib",
+    "calendar",
+    "pprint",
+    "ipaddress",
+    "uuid",
+    "optparse",
+    "gettext",
+    "locale",
+    "codecs",
+    "struct",
+    "bisect",
+    "queue",
+    "sched",
+    "selectors",
+    "glob",
+    "fnmatch",
+]
 
 
 def stdlib_documentation(modules: list[str]) -> str:
@@ -43,4 +82,4 @@ def calibration_batches(tokenizer, tokens: int = 32768, window: int = 512) -> li
     """(1, window) id tensors, each starting with <bos>, `tokens` in all (fewer if the text is shorter)."""
     ids = tokenizer.encode(calibration_text(), bos=False)[:tokens]
     step = window - 1
-    return [torch.tensor([[tokenizer.bos_id] + ids[s:s + step]]) for s in range(0, len(ids) - step + 1, step)]
+    return [torch.tensor([[tokenizer.bos_id] + ids[s : s + step]]) for s in range(0, len(ids) - step + 1, step)]

@@ -1,4 +1,7 @@
-"""The `opengemma` command: thin dispatch to the library. Errors are one line on stderr, exit status 2."""
+"""The `opengemma` command: thin dispatch to the library. Errors are one line on stderr, exit status 2.
+
+One file because: it is the whole command line, every subcommand's flags and its few lines of wiring, read
+in one place by whoever wants to know what a flag does; the work itself is in the library."""
 
 from __future__ import annotations
 
@@ -20,32 +23,57 @@ COMPILE_MIN_TOKENS = 1024
 
 def _add_model_args(p: argparse.ArgumentParser, quantize: str = "auto") -> None:
     """quantize: the command's default (auto, for speed; evaluations default to none: they measure the model)."""
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"real model name, Hugging Face layout directory or .gguf file (default {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bfloat16 when quantized or on CUDA, "
-                                                 "else float32)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=f"real model name, Hugging Face layout directory or .gguf file (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 (default: bfloat16 when quantized or on CUDA, else float32)"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--quantize", "-q", choices=["auto", "none", *QUANT_MODES], default=quantize,
-                   help=f"weight-only quantization, embedding included (activations in bfloat16; default {quantize}). "
-                        "auto: on CPU a GGUF model's own quantization with the int4+int8 output layer, int8 for other "
-                        "models; none on CUDA. none: exact float weights (float32 on CPU). gguf: keep a GGUF "
-                        "model's own (4-bit blocks exactly, 5-8-bit types as int8)")
+    p.add_argument(
+        "--quantize",
+        "-q",
+        choices=["auto", "none", *QUANT_MODES],
+        default=quantize,
+        help=f"weight-only quantization, embedding included (activations in bfloat16; default {quantize}). "
+        "auto: on CPU a GGUF model's own quantization with the int4+int8 output layer, int8 for other "
+        "models; none on CUDA. none: exact float weights (float32 on CPU). gguf: keep a GGUF "
+        "model's own (4-bit blocks exactly, 5-8-bit types as int8)",
+    )
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
-    p.add_argument("--int4-method", choices=INT4_METHODS, default="auto",
-                   help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time for the default "
-                        "model), rtn (round to nearest), auto (default: gptq on a GPU or under 1B parameters)")
-    p.add_argument("--embedding-quantize", choices=["default", *EMBEDDING_MODES], default="default",
-                   help="quantization of the tied embedding/output matrix (default: int4+int8 with --quantize "
-                        "int4 or auto on a GGUF model, the file's own with gguf, else int8); int4+int8: decode "
-                        "scores with int4 and recomputes the best 64 tokens' logits in int8 (int4 speed, the int8 "
-                        "layer's top logits)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the decode step (default auto: on for chat, serve, eval-memorization and "
-                        f"CUDA, and for generate from --max-new-tokens {COMPILE_MIN_TOKENS}; compiled code is "
-                        "cached across processes, so only the very first run pays ~45 s, later ones ~10 s)")
-    p.add_argument("--gemv", action="store_true",
-                   help="GPU: decode's matrix-vector products through opengemma's Triton GEMV kernel (int8/int4 "
-                        "read directly) instead of torch's")
+    p.add_argument(
+        "--int4-method",
+        choices=INT4_METHODS,
+        default="auto",
+        help="int4 rounding: gptq (calibrated on built-in text, ~2 min the first time for the default "
+        "model), rtn (round to nearest), auto (default: gptq on a GPU or under 1B parameters)",
+    )
+    p.add_argument(
+        "--embedding-quantize",
+        choices=["default", *EMBEDDING_MODES],
+        default="default",
+        help="quantization of the tied embedding/output matrix (default: int4+int8 with --quantize "
+        "int4 or auto on a GGUF model, the file's own with gguf, else int8); int4+int8: decode "
+        "scores with int4 and recomputes the best 64 tokens' logits in int8 (int4 speed, the int8 "
+        "layer's top logits)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the decode step (default auto: on for chat, serve, eval-memorization and "
+        f"CUDA, and for generate from --max-new-tokens {COMPILE_MIN_TOKENS}; compiled code is "
+        "cached across processes, so only the very first run pays ~45 s, later ones ~10 s)",
+    )
+    p.add_argument(
+        "--gemv",
+        action="store_true",
+        help="GPU: decode's matrix-vector products through opengemma's Triton GEMV kernel (int8/int4 "
+        "read directly) instead of torch's",
+    )
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
@@ -75,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("src")
     v.add_argument("dst", help="a directory (Hugging Face layout) or a path ending in .gguf")
     v.add_argument("--dtype", default=None, help="HF output dtype: float32 (default) | bfloat16")
-    v.add_argument("--gguf-type", default="F32",
-                   help="GGUF matrix type: F32 (default), F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1")
+    v.add_argument(
+        "--gguf-type", default="F32", help="GGUF matrix type: F32 (default), F16, BF16, Q8_0, Q5_0, Q5_1, Q4_0, Q4_1"
+    )
 
     sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching")
     _add_model_args(sv)
@@ -86,19 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     sv.add_argument("--max-len", type=int, default=4096, help="context served per request (prompt + completion)")
     sv.add_argument("--name", default=None, help="model id in the API (default: the model's name)")
-    sv.add_argument("--sync-every", type=int, default=None,
-                    help="decode steps per host read (default 8 on CUDA, 1 on CPU)")
+    sv.add_argument(
+        "--sync-every", type=int, default=None, help="decode steps per host read (default 8 on CUDA, 1 on CPU)"
+    )
 
-    e = sub.add_parser("eval", help="academic and safety benchmarks (MMLU, HumanEval, BBQ, ...): results.json, "
-                                    "a table and a chart")
+    e = sub.add_parser(
+        "eval", help="academic and safety benchmarks (MMLU, HumanEval, BBQ, ...): results.json, a table and a chart"
+    )
     _add_model_args(e, quantize="none")
     e.add_argument("--tasks", default=None, help="comma-separated task names (see --list-tasks)")
     e.add_argument("--list-tasks", action="store_true", help="print the known tasks and exit")
     e.add_argument("--limit", type=int, default=None, help="a seeded subset of N items per task")
     e.add_argument("--shots", type=int, default=None, help="few-shot examples (default: each task's standard)")
     e.add_argument("--output", default="eval-results", help="directory for results.json/.md/.png and samples")
-    e.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
-                   help="data file/directory of a task whose data you bring (repeatable)")
+    e.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="data file/directory of a task whose data you bring (repeatable)",
+    )
     e.add_argument("--samples", type=int, default=None, help="samples per item: pass@k for code, maj@k for math")
     e.add_argument("--temperature", type=float, default=None, help="sampling temperature when --samples > 1")
     e.add_argument("--batch-size", type=int, default=16)
@@ -110,15 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
     d.add_argument("--force", action="store_true", help="download again")
 
-    mz = sub.add_parser("eval-memorization", help="exact/approximate memorization rates on a corpus (the paper's "
-                                                   "memorization study)")
+    mz = sub.add_parser(
+        "eval-memorization", help="exact/approximate memorization rates on a corpus (the paper's memorization study)"
+    )
     _add_model_args(mz, quantize="none")
-    mz.add_argument("--corpus", required=True, help="a text file, a directory of .txt/.md files, or a .jsonl "
-                                                    'file with a "text" field; each file/record is a document')
+    mz.add_argument(
+        "--corpus",
+        required=True,
+        help="a text file, a directory of .txt/.md files, or a .jsonl "
+        'file with a "text" field; each file/record is a document',
+    )
     mz.add_argument("-n", type=int, default=10000, help="sequences to test (default 10000, as the paper)")
-    mz.add_argument("--unit", choices=["document", "window"], default="document",
-                    help="document: the start of each document; window: spans from line starts anywhere "
-                         "(corpora of a few long documents)")
+    mz.add_argument(
+        "--unit",
+        choices=["document", "window"],
+        default="document",
+        help="document: the start of each document; window: spans from line starts anywhere "
+        "(corpora of a few long documents)",
+    )
     mz.add_argument("--prefix-len", type=int, default=50)
     mz.add_argument("--suffix-len", type=int, default=50)
     mz.add_argument("--batch-size", type=int, default=16)
@@ -138,12 +183,29 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import CheckpointError
 
     try:
-        func = getattr(args, "func", None) or {
-            "generate": cmd_generate, "chat": cmd_chat, "convert": cmd_convert, "info": cmd_info, "serve": cmd_serve,
-            "eval": cmd_eval, "data": cmd_data, "eval-memorization": cmd_eval_memorization}[args.command]
+        func = (
+            getattr(args, "func", None)
+            or {
+                "generate": cmd_generate,
+                "chat": cmd_chat,
+                "convert": cmd_convert,
+                "info": cmd_info,
+                "serve": cmd_serve,
+                "eval": cmd_eval,
+                "data": cmd_data,
+                "eval-memorization": cmd_eval_memorization,
+            }[args.command]
+        )
         return func(args)
-    except (ModelNotFoundError, CheckpointError, PromptTooLongError, FileNotFoundError, ValueError,
-            RuntimeError, KeyError) as e:
+    except (
+        ModelNotFoundError,
+        CheckpointError,
+        PromptTooLongError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+    ) as e:
         print(f"opengemma: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -157,15 +219,28 @@ def _load(args, compile: bool | None = None):
 
     # compiled code (inductor's) lives with opengemma's other caches, so only a machine's first run pays for it
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
-    return load(args.model, dtype=args.dtype, device=args.device,
-                quantize=None if args.quantize == "none" else args.quantize, group_size=args.group_size,
-                embedding_quantize=args.embedding_quantize, int4_method=args.int4_method, gemv=args.gemv,
-                compile=compile if args.compile is None else args.compile)
+    return load(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        quantize=None if args.quantize == "none" else args.quantize,
+        group_size=args.group_size,
+        embedding_quantize=args.embedding_quantize,
+        int4_method=args.int4_method,
+        gemv=args.gemv,
+        compile=compile if args.compile is None else args.compile,
+    )
 
 
 def _sampling(args) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed, stop=args.stop)
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
 
 
 def _stream(_row: int, delta: str) -> None:
@@ -185,8 +260,11 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     llm = _load(args, compile=True)
     if not llm.instruction_tuned:
-        print(f"note: {llm.name} is a pretrained model, not an instruction-tuned one: it continues text rather "
-              "than following instructions, so expect loose or rambling replies.", file=sys.stderr)
+        print(
+            f"note: {llm.name} is a pretrained model, not an instruction-tuned one: it continues text rather "
+            "than following instructions, so expect loose or rambling replies.",
+            file=sys.stderr,
+        )
     print("chat with Gemma: /reset starts over, /exit or Ctrl-D quits", file=sys.stderr)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -225,8 +303,15 @@ def cmd_serve(args) -> int:
         raise RuntimeError("the server needs its extras: pip install 'opengemma[serve]'") from None
     llm = _load(args, compile=True)  # one shape, compiled at start-up
     max_len = min(args.max_len, llm.config.max_seq_len)
-    app = create_app(llm, model_name=args.name, max_batch=args.max_batch, max_queue=args.max_queue, max_len=max_len,
-                     compile=llm.compile, sync_every=args.sync_every)
+    app = create_app(
+        llm,
+        model_name=args.name,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_len=max_len,
+        compile=llm.compile,
+        sync_every=args.sync_every,
+    )
     print(f"serving {app.state.model_name} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
@@ -258,9 +343,19 @@ def cmd_eval(args) -> int:
         if REGISTRY[t].user_data and t not in data:
             raise ValueError(f"task {t!r} reads data you supply: pass --data {t}=PATH ({REGISTRY[t].help})")
     llm = _load(args)
-    report = evaluate(llm, tasks, shots=args.shots, limit=args.limit, seed=args.seed, output=args.output, data=data,
-                      samples=args.samples, temperature=args.temperature, batch_size=args.batch_size,
-                      max_len=args.max_len)
+    report = evaluate(
+        llm,
+        tasks,
+        shots=args.shots,
+        limit=args.limit,
+        seed=args.seed,
+        output=args.output,
+        data=data,
+        samples=args.samples,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+    )
     from .eval.harness import markdown_table
 
     print(markdown_table(report))
@@ -284,20 +379,44 @@ def cmd_eval_memorization(args) -> int:
     llm = _load(args, compile=True)  # thousands of batches of one shape
     tok = llm._require_tokenizer()
     docs = read_corpus(args.corpus)
-    samples = sample_sequences(docs, lambda s: tok.encode(s, bos=False), args.n, args.prefix_len + args.suffix_len,
-                               unit=args.unit, seed=args.seed)
+    samples = sample_sequences(
+        docs,
+        lambda s: tok.encode(s, bos=False),
+        args.n,
+        args.prefix_len + args.suffix_len,
+        unit=args.unit,
+        seed=args.seed,
+    )
     if not samples:
         raise ValueError(f"{args.corpus}: nothing of {args.prefix_len + args.suffix_len} tokens to sample")
     if len(samples) < args.n:
-        print(f"note: {args.n} requested, only {len(samples)} {args.unit}s available: using all of them",
-              file=sys.stderr)
-    result = evaluate_memorization(llm.model, samples, args.prefix_len, args.suffix_len, args.batch_size,
-                                   bos_id=tok.bos_id, decode=tok.decode, compile=llm.compile)
-    settings = {"model": llm.name, "corpus": str(args.corpus), "documents": len(docs), "unit": args.unit,
-                "n_requested": args.n, "n_evaluated": len(samples), "seed": args.seed,
-                "batch_size": args.batch_size, "dtype": str(llm.model.norm.weight.dtype).removeprefix("torch."),
-                "quantize": args.quantize, "device": str(llm.model.norm.weight.device),
-                "seconds": round(time.perf_counter() - start, 1)}
+        print(
+            f"note: {args.n} requested, only {len(samples)} {args.unit}s available: using all of them", file=sys.stderr
+        )
+    result = evaluate_memorization(
+        llm.model,
+        samples,
+        args.prefix_len,
+        args.suffix_len,
+        args.batch_size,
+        bos_id=tok.bos_id,
+        decode=tok.decode,
+        compile=llm.compile,
+    )
+    settings = {
+        "model": llm.name,
+        "corpus": str(args.corpus),
+        "documents": len(docs),
+        "unit": args.unit,
+        "n_requested": args.n,
+        "n_evaluated": len(samples),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "dtype": str(llm.model.norm.weight.dtype).removeprefix("torch."),
+        "quantize": args.quantize,
+        "device": str(llm.model.norm.weight.device),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     _, md_path = write_report(result, args.output, settings)
     print(md_path.read_text(), end="")
     return 0
@@ -347,9 +466,19 @@ def cmd_info(args) -> int:
         raise ValueError(f"unknown model {src!r}: not a preset ({', '.join(PRESETS)}), directory or .gguf file")
     total, non_emb = cfg.num_params(), cfg.num_params(embedding=False)
     if args.json:
-        print(json.dumps({"source": src, "format": fmt, "config": cfg.to_dict(), "params": total,
-                          "non_embedding_params": non_emb,
-                          "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in tensors]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "source": src,
+                    "format": fmt,
+                    "config": cfg.to_dict(),
+                    "params": total,
+                    "non_embedding_params": non_emb,
+                    "tensors": [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in tensors],
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{src}  [{fmt}]  family: {cfg.family}")
     for k, v in cfg.to_dict().items():

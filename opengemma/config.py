@@ -255,17 +255,35 @@ class GemmaConfig:
             # older transformers read these instead
             "rope_theta": self.rope_base,
             "rope_local_base_freq": self.rope_local_base,
-            **({"rope_scaling": {"rope_type": "linear", "factor": self.rope_scaling_factor}}
-               if self.rope_scaling_factor != 1.0 else {}),
+            **(
+                {"rope_scaling": {"rope_type": "linear", "factor": self.rope_scaling_factor}}
+                if self.rope_scaling_factor != 1.0
+                else {}
+            ),
         }
 
 
 HF_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
 
-_G2 = dict(sandwich_norms=True, attn_softcap=50.0, final_softcap=30.0, sliding_window=4096,
-           sliding_window_pattern=2, query_pre_attn_scalar=256)
-_G3 = dict(sandwich_norms=True, qk_norm=True, sliding_window=512, sliding_window_pattern=6, rope_base=1_000_000.0,
-           rope_local_base=10_000.0, vocab_size=262144, max_seq_len=32768, query_pre_attn_scalar=256)
+_G2 = dict(
+    sandwich_norms=True,
+    attn_softcap=50.0,
+    final_softcap=30.0,
+    sliding_window=4096,
+    sliding_window_pattern=2,
+    query_pre_attn_scalar=256,
+)
+_G3 = dict(
+    sandwich_norms=True,
+    qk_norm=True,
+    sliding_window=512,
+    sliding_window_pattern=6,
+    rope_base=1_000_000.0,
+    rope_local_base=10_000.0,
+    vocab_size=262144,
+    max_seq_len=32768,
+    query_pre_attn_scalar=256,
+)
 
 # Exact names. Real sizes from the papers / released config.json files.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -275,20 +293,46 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Gemma 2
     "gemma-2-2b": dict(_G2, d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256, d_ff=9216),
     "gemma-2-9b": dict(_G2, d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, head_dim=256, d_ff=14336),
-    "gemma-2-27b": dict(_G2, d_model=4608, n_layers=46, n_heads=32, n_kv_heads=16, head_dim=128, d_ff=36864,
-                        query_pre_attn_scalar=144),
+    "gemma-2-27b": dict(
+        _G2, d_model=4608, n_layers=46, n_heads=32, n_kv_heads=16, head_dim=128, d_ff=36864, query_pre_attn_scalar=144
+    ),
     # Gemma 3 (text)
     "gemma-3-270m": dict(_G3, d_model=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, d_ff=2048),
     "gemma-3-1b": dict(_G3, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, head_dim=256, d_ff=6912),
     # tiny configs for tests: same switches, small sizes
-    "tiny-gemma": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, head_dim=16, d_ff=128,
-                       max_seq_len=256),
-    "tiny-gemma-mha": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16, d_ff=128,
-                           max_seq_len=256),
-    "tiny-gemma2": dict(_G2, vocab_size=512, d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
-                        max_seq_len=256, sliding_window=8, query_pre_attn_scalar=24),
-    "tiny-gemma3": dict(_G3, vocab_size=512, d_model=64, n_layers=6, n_heads=4, n_kv_heads=1, head_dim=16, d_ff=128,
-                        max_seq_len=256, sliding_window=8, query_pre_attn_scalar=16, sliding_window_pattern=3),
+    "tiny-gemma": dict(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, head_dim=16, d_ff=128, max_seq_len=256
+    ),
+    "tiny-gemma-mha": dict(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16, d_ff=128, max_seq_len=256
+    ),
+    "tiny-gemma2": dict(
+        _G2,
+        vocab_size=512,
+        d_model=64,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        d_ff=128,
+        max_seq_len=256,
+        sliding_window=8,
+        query_pre_attn_scalar=24,
+    ),
+    "tiny-gemma3": dict(
+        _G3,
+        vocab_size=512,
+        d_model=64,
+        n_layers=6,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=16,
+        d_ff=128,
+        max_seq_len=256,
+        sliding_window=8,
+        query_pre_attn_scalar=16,
+        sliding_window_pattern=3,
+    ),
 }
 
 # Presets that name a real checkpoint opengemma.load() can fetch without a path.

@@ -22,8 +22,15 @@ class Grid:
     dtype: torch.dtype = torch.uint8  # how the grid values are stored
 
 
-def gptq(w: torch.Tensor, hessian: torch.Tensor, grid: Grid, group_size: int, damp: float = 0.01, block: int = 128,
-         act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gptq(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    grid: Grid,
+    group_size: int,
+    damp: float = 0.01,
+    block: int = 128,
+    act_order: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ (Frantar et al., 2023) onto any grouped grid: columns are rounded one at a time and each
     one's rounding error is spread over the columns not yet rounded, weighted by the inverse of the layer's
     input second moment H = E[x x^T] (K, K), so the layer's *output* error on real inputs shrinks, not just
@@ -62,17 +69,16 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, grid: Grid, group_size: int, da
             i = b0 + j
             g = group_of[i]
             if not act_order and i % group_size == 0:  # the group's grid, from the weights as corrected so far
-                s, z = grid.fit(Wb[:, j:j + group_size], group_size)
+                s, z = grid.fit(Wb[:, j : j + group_size], group_size)
                 scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
             s, z = scales[:, g], zeros[:, g]
             qi = grid.round(Wb[:, j], s, z)
             q[:, order[i]] = qi.to(grid.dtype)
             err = (Wb[:, j] - grid.value(qi, s, z)) / Hinv[i, i]
-            Wb[:, j + 1:] -= err[:, None] * Hinv[i, i + 1:b1][None, :]
+            Wb[:, j + 1 :] -= err[:, None] * Hinv[i, i + 1 : b1][None, :]
             Err[:, j] = err
         W[:, b1:] -= Err @ Hinv[b0:b1, b1:]
     return q, scales, zeros
-
 
 
 @torch.no_grad()

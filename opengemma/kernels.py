@@ -22,6 +22,7 @@ stream. Tile shapes are autotuned per (N, K, format, rows) on first use.
 Registered as a `torch.library.triton_op`, so torch.compile inlines the kernel into the decode step's graph
 (and its CUDA graph). With TRITON_INTERPRET=1 the same kernel runs on CPU tensors through Triton's
 interpreter: that is how the tests check it on machines without a GPU."""
+
 from __future__ import annotations
 
 import os
@@ -46,12 +47,18 @@ if torch.cuda.is_available() or INTERPRET:  # importing Triton costs ~150 MB of 
 def available(x2: torch.Tensor, group_size: int = CHUNK) -> bool:
     """Whether the GEMV kernel can take this (M, K) input: Triton installed, a GPU tensor (or the
     interpreter on CPU), few rows, K in whole chunks (int4: groups) of a power-of-two size."""
-    return (triton is not None and (x2.device.type == "cuda" or INTERPRET) and x2.dim() == 2
-            and 0 < x2.shape[0] <= GEMV_MAX_M and x2.shape[1] % group_size == 0
-            and group_size & (group_size - 1) == 0)
+    return (
+        triton is not None
+        and (x2.device.type == "cuda" or INTERPRET)
+        and x2.dim() == 2
+        and 0 < x2.shape[0] <= GEMV_MAX_M
+        and x2.shape[1] % group_size == 0
+        and group_size & (group_size - 1) == 0
+    )
 
 
 if triton is not None:
+
     @triton.jit
     def _int4_part(x_row, g, g_ok, rc, lo, hi, s, z, GS: tl.constexpr):
         """One row of x against a tile of int4 groups: (BN, NG) group sums s * (x.q - 8 sum x) + z * sum x."""
@@ -63,17 +70,30 @@ if triton is not None:
         return s * (dot - 8.0 * xs[None, :]) + z * xs[None, :]
 
     @triton.jit
-    def _store_row(out_ptr, acc, row: tl.constexpr, pid_s, rn, n_ok, M, N: tl.constexpr, s_ptr,
-                   FMT: tl.constexpr):
+    def _store_row(out_ptr, acc, row: tl.constexpr, pid_s, rn, n_ok, M, N: tl.constexpr, s_ptr, FMT: tl.constexpr):
         res = tl.sum(acc, axis=1)  # (BN,)
         if FMT == 1:  # int8: per-row scales, once at the end
             res = res * tl.load(s_ptr + rn, mask=n_ok, other=0).to(tl.float32)
         tl.store(out_ptr + (pid_s * M + row) * N + rn, res, mask=n_ok & (rn * 0 + row < M))
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M,
-                     N: tl.constexpr, K: tl.constexpr, FMT: tl.constexpr, GS: tl.constexpr, CH: tl.constexpr,
-                     M_PAD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr):
+    def _gemv_kernel(
+        x_ptr,
+        w_ptr,
+        s_ptr,
+        z_ptr,
+        out_ptr,
+        M,
+        N: tl.constexpr,
+        K: tl.constexpr,
+        FMT: tl.constexpr,
+        GS: tl.constexpr,
+        CH: tl.constexpr,
+        M_PAD: tl.constexpr,
+        SPLIT: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        NG: tl.constexpr,
+    ):
         # program (pid_n, pid_s): weight rows pid_n * BLOCK_N ..., the K chunks of split pid_s;
         # out (SPLIT, M, N) float32. One accumulator per row of x (M_PAD <= 4): the weight tile is read once
         # for all of them. Rows past M (padding) re-read row M - 1 and are not stored.
@@ -95,8 +115,11 @@ if triton is not None:
             for i in range(0, per_split, NG):  # a trip count known at compile time
                 g_ok = i + rg < per_split
                 g = pid_s * per_split + i + rg  # (NG,) group indices
-                b = tl.load(w_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * CH + rc[None, None, :],
-                            mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)  # two weights a byte
+                b = tl.load(
+                    w_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * CH + rc[None, None, :],
+                    mask=n_ok[:, None, None] & g_ok[None, :, None],
+                    other=0,
+                )  # two weights a byte
                 lo = (b & 15).to(tl.float32)
                 hi = (b >> 4).to(tl.float32)
                 sz = rn[:, None] * (K // GS) + g[None, :]
@@ -120,8 +143,9 @@ if triton is not None:
             for i in range(0, span, BK):
                 k_ok = i + rk < span
                 k = pid_s * span + i + rk  # (BK,)
-                w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
-                            other=0).to(tl.float32)
+                w = tl.load(w_ptr + rn[:, None] * K + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0).to(
+                    tl.float32
+                )
                 acc0 += w * tl.load(x_ptr + k, mask=k_ok, other=0).to(tl.float32)[None, :]
                 if M_PAD > 1:
                     acc1 += w * tl.load(x1 + k, mask=k_ok, other=0).to(tl.float32)[None, :]
@@ -137,33 +161,64 @@ if triton is not None:
 
     # Tile shapes (rows per program, chunks per step, warps, pipeline stages): small tiles for float/int8 and
     # few rows, larger ones so that an int4 thread holds whole 16-byte groups. Ten: seconds to tune a shape.
-    _CONFIGS = [triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=st)
-                for bn, ng, w, st in [(8, 8, 4, 3), (16, 4, 4, 3), (16, 8, 4, 3), (32, 4, 4, 3), (32, 8, 4, 2),
-                                      (32, 8, 8, 2), (64, 4, 4, 2), (64, 8, 8, 2), (8, 16, 4, 3), (16, 16, 8, 2)]]
+    _CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "NG": ng}, num_warps=w, num_stages=st)
+        for bn, ng, w, st in [
+            (8, 8, 4, 3),
+            (16, 4, 4, 3),
+            (16, 8, 4, 3),
+            (32, 4, 4, 3),
+            (32, 8, 4, 2),
+            (32, 8, 8, 2),
+            (64, 4, 4, 2),
+            (64, 8, 8, 2),
+            (8, 16, 4, 3),
+            (16, 16, 8, 2),
+        ]
+    ]
 
     def _fits(c, fmt: int, m_pad: int) -> bool:
         """Float/int8 keep an accumulator tile per row of x: at most 128 float32 accumulators a thread (larger
-        tiles spill registers at 4 rows when compiled for sm_90: tests/test_kernels.py)."""
+        tiles spill registers at 4 rows when compiled for sm_90: tests/quantize/test_kernels.py)."""
         return fmt == INT4 or c.kwargs["BLOCK_N"] * c.kwargs["NG"] * CHUNK * m_pad <= 128 * 32 * c.num_warps
 
     # one autotuner per config list (chosen in Python at launch, so torch.compile sees a plain autotuned kernel)
-    _TUNED = {(fmt, m): triton.autotune([c for c in _CONFIGS if _fits(c, fmt, m)],
-                                        key=["N", "K", "FMT", "GS", "M_PAD", "SPLIT"])(_gemv_kernel)
-              for fmt in (FLOAT, INT8, INT4) for m in (1, 2, 4)}
+    _TUNED = {
+        (fmt, m): triton.autotune(
+            [c for c in _CONFIGS if _fits(c, fmt, m)], key=["N", "K", "FMT", "GS", "M_PAD", "SPLIT"]
+        )(_gemv_kernel)
+        for fmt in (FLOAT, INT8, INT4)
+        for m in (1, 2, 4)
+    }
 
-    def _gemv_run(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, fmt: int,
-                  group_size: int, split: int) -> torch.Tensor:
+    def _gemv_run(
+        x2: torch.Tensor,
+        weight: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        fmt: int,
+        group_size: int,
+        split: int,
+    ) -> torch.Tensor:
         M, K = x2.shape
         N = weight.shape[0]
         out = torch.empty((split, M, N), dtype=torch.float32, device=x2.device)
-        meta = dict(N=N, K=K, FMT=fmt, GS=group_size, CH=group_size // 2 if fmt == INT4 else group_size,
-                    M_PAD=triton.next_power_of_2(M), SPLIT=split)
+        meta = dict(
+            N=N,
+            K=K,
+            FMT=fmt,
+            GS=group_size,
+            CH=group_size // 2 if fmt == INT4 else group_size,
+            M_PAD=triton.next_power_of_2(M),
+            SPLIT=split,
+        )
         if INTERPRET:  # the interpreter cannot time configs: one fixed tile
             _gemv_kernel[(triton.cdiv(N, 16), split)](x2, weight, scales, zeros, out, M, **meta, BLOCK_N=16, NG=4)
         else:
             tuned = _TUNED[fmt, meta["M_PAD"]]
             torch.library.wrap_triton(tuned)[lambda c: (triton.cdiv(N, c["BLOCK_N"]), split)](
-                x2, weight, scales, zeros, out, M, **meta)
+                x2, weight, scales, zeros, out, M, **meta
+            )
         return out
 
     if not INTERPRET:  # a triton_op: torch.compile sees the kernel and inlines it into the step's graph
@@ -196,8 +251,14 @@ def _sms(device: torch.device) -> int:
     return _SMS[key]
 
 
-def gemv(x2: torch.Tensor, weight: torch.Tensor, fmt: int = FLOAT, scales: torch.Tensor | None = None,
-         zeros: torch.Tensor | None = None, group_size: int = CHUNK) -> torch.Tensor:
+def gemv(
+    x2: torch.Tensor,
+    weight: torch.Tensor,
+    fmt: int = FLOAT,
+    scales: torch.Tensor | None = None,
+    zeros: torch.Tensor | None = None,
+    group_size: int = CHUNK,
+) -> torch.Tensor:
     """x2 (M, K) against weight rows (N, K) in format fmt: (M, N) in x2's dtype (accumulated in float32).
     Callers check `available(x2, group_size)` first."""
     K, N = x2.shape[1], weight.shape[0]

@@ -63,15 +63,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache(nn.Module):
     """Preallocated keys and values (B, K, S, D), written in place at the given slots."""
 
-    def __init__(self, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str | None = None,
+    ):
         super().__init__()
         shape = (batch_size, n_kv_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice = slice(None)
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # slots (T,); k, v (B, K, T, D) for the cache rows `rows` (a view: writes land in the cache)
         ck, cv = self.k[rows], self.v[rows]
         ck.index_copy_(2, slots, k.to(ck.dtype))
@@ -82,6 +90,7 @@ class KVCache(nn.Module):
 class Linear(nn.Linear):
     """nn.Linear whose few-row products can go to the Triton GEMV kernel on GPU (engine.generate.set_gemv; off by
     default; Gemma's projections have no bias)."""
+
     gemv = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +101,7 @@ class Linear(nn.Linear):
 
 class Embedding(nn.Embedding):
     """Token embedding that also serves as the tied output layer (logits = x @ E^T)."""
+
     gemv = False
 
     def reset_parameters(self) -> None:
@@ -123,8 +133,16 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
         self.qkv_proj: nn.Module | None = None  # optional fused q|k|v projection (quantize.fuse_projections)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                slots: torch.Tensor | None, end: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        slots: torch.Tensor | None,
+        end: int | None = None,
+        rows: slice = slice(None),
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         if self.qkv_proj is not None:  # one matmul instead of three (fewer, larger kernel calls in decode)
@@ -213,14 +231,24 @@ class Gemma(nn.Module):
         """(Re)compute the RoPE frequency buffers, e.g. after building on the meta device."""
         c = self.config
         device = self.norm.weight.device if self.norm.weight.device.type != "meta" else None
-        self.register_buffer("inv_freq_global", rope_inv_freq(c.head_dim, c.rope_base, c.rope_scaling_factor).to(device),
-                             persistent=False)
-        self.register_buffer("inv_freq_local", rope_inv_freq(c.head_dim, c.rope_local_base).to(device),
-                             persistent=False)
+        self.register_buffer(
+            "inv_freq_global",
+            rope_inv_freq(c.head_dim, c.rope_base, c.rope_scaling_factor).to(device),
+            persistent=False,
+        )
+        self.register_buffer(
+            "inv_freq_local", rope_inv_freq(c.head_dim, c.rope_local_base).to(device), persistent=False
+        )
 
     # -- KV cache ------------------------------------------------------------------------------------
-    def setup_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None, prefill_chunk: int = 512) -> None:
+    def setup_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        prefill_chunk: int = 512,
+    ) -> None:
         """Preallocate caches for `batch_size` rows and positions < max_len, fed at most `prefill_chunk`
         tokens per forward. Sliding-window layers get a ring of window + prefill_chunk slots."""
         c = self.config
@@ -240,8 +268,9 @@ class Gemma(nn.Module):
             S = lengths["local" if layer.attn.is_local else "global"]
             layer.attn.kv_cache = KVCache(batch_size, c.n_kv_heads, S, c.head_dim, dtype, device)
         for kind, S in lengths.items():  # absolute position held by each slot of each row, -1 = empty
-            self.register_buffer(f"slot_pos_{kind}", torch.full((batch_size, S), -1, dtype=torch.long,
-                                                                 device=device), persistent=False)
+            self.register_buffer(
+                f"slot_pos_{kind}", torch.full((batch_size, S), -1, dtype=torch.long, device=device), persistent=False
+            )
 
     cache_shape: tuple | None = None
 
@@ -254,8 +283,12 @@ class Gemma(nn.Module):
 
     def cache_tensors(self) -> list[torch.Tensor]:
         """Everything the cache holds, rows first: each layer's keys and values, and the slot positions."""
-        kv = [t for layer in self.layers if layer.attn.kv_cache is not None
-              for t in (layer.attn.kv_cache.k, layer.attn.kv_cache.v)]
+        kv = [
+            t
+            for layer in self.layers
+            if layer.attn.kv_cache is not None
+            for t in (layer.attn.kv_cache.k, layer.attn.kv_cache.v)
+        ]
         pos = [getattr(self, f"slot_pos_{kind}", None) for kind in ("global", "local")]
         return kv + [p for p in pos if p is not None]
 
@@ -263,7 +296,7 @@ class Gemma(nn.Module):
         """Copy one row's cached keys, values and slot positions into every row (a shared prompt prefix
         computed once, e.g. few-shot examples scored against many continuations)."""
         for t in self.cache_tensors():
-            t.copy_(t[src:src + 1].expand_as(t))
+            t.copy_(t[src : src + 1].expand_as(t))
 
     def select_cache_rows(self, index: torch.Tensor) -> None:
         """Keep the cache rows `index` (R,), in that order, repeats allowed: a context computed once,
@@ -283,9 +316,17 @@ class Gemma(nn.Module):
         return 0 if pos is None else pos.shape[1]
 
     # -- forward -------------------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
-                pad: torch.Tensor | None = None, last_only: bool = False, end: int | None = None,
-                row: int | None = None, hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        *,
+        pad: torch.Tensor | None = None,
+        last_only: bool = False,
+        end: int | None = None,
+        row: int | None = None,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
         hidden: return the final-normed hidden states (B, T, C) instead; `model.logits(h)` maps any

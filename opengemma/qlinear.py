@@ -1,7 +1,8 @@
 """The weight-only quantized modules and their numerics: Int8Linear / Int4Linear, the tied embedding/output
 matrix as Int8Embedding / Int4Embedding / RescoredEmbedding, and the rounding that fills them. quantize.py
 swaps them into a model. Activations stay in the model's dtype (bfloat16 is what the CPU and GPU kernels are
-fast with).
+fast with). One file because: the int8 and int4 modules share their kernels' layouts and numerics, which are
+read together.
 
 - int8: symmetric, one scale per output channel. Kernel: aten._weight_int8pack_mm on CPU for a few rows
   (decode); otherwise x @ W_int8^T in the activation dtype, times the scales (int8 values are exact in
@@ -87,8 +88,14 @@ def _int4_value(q: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tens
 INT4_GRID = Grid(fit=_int4_fit, round=_int4_round, value=_int4_value, dtype=torch.uint8)
 
 
-def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, damp: float = 0.01, block: int = 128,
-              act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gptq_int4(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    group_size: int,
+    damp: float = 0.01,
+    block: int = 128,
+    act_order: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ (opengemma.gptq) onto quantize_int4's grid: same returns as quantize_int4."""
     return gptq(w, hessian, INT4_GRID, group_size, damp=damp, block=block, act_order=act_order)
 
@@ -167,8 +174,7 @@ class Int8Linear(nn.Module):
     @classmethod
     def cat(cls, parts: list["Int8Linear"]) -> "Int8Linear":
         """Stack output channels (exact: scales are per row)."""
-        m = cls(parts[0].in_features, sum(p.out_features for p in parts), parts[0].scales.dtype,
-                parts[0].weight.device)
+        m = cls(parts[0].in_features, sum(p.out_features for p in parts), parts[0].scales.dtype, parts[0].weight.device)
         if m.weight.is_meta:  # a skeleton to load into: shapes only (ops on meta tensors are slow to set up)
             return m
         m.weight = torch.cat([p.weight for p in parts])
@@ -182,8 +188,14 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     gemv = False  # few-row products through the Triton GEMV kernel, from the portable layout (engine.generate.set_gemv)
 
-    def __init__(self, in_features: int, out_features: int, group_size: int = 64,
-                 dtype: torch.dtype = torch.bfloat16, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group_size: int = 64,
+        dtype: torch.dtype = torch.bfloat16,
+        device=None,
+    ):
         super().__init__()
         if in_features % group_size:
             raise ValueError(f"in_features {in_features} is not a multiple of the int4 group size {group_size}")
@@ -199,8 +211,9 @@ class Int4Linear(nn.Module):
         self.register_buffer("kernel_sz", None, persistent=False)
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, group_size: int, dtype: torch.dtype,
-                   hessian: torch.Tensor | None = None) -> "Int4Linear":
+    def from_float(
+        cls, w: torch.Tensor, group_size: int, dtype: torch.dtype, hessian: torch.Tensor | None = None
+    ) -> "Int4Linear":
         """Round to nearest (per-group clipping search), or GPTQ when the inputs' second moment is given."""
         m = cls(w.shape[1], w.shape[0], group_size, dtype, device=w.device)
         if hessian is None:
@@ -213,8 +226,9 @@ class Int4Linear(nn.Module):
         return m
 
     @classmethod
-    def from_groups(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                    dtype: torch.dtype) -> "Int4Linear":
+    def from_groups(
+        cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype
+    ) -> "Int4Linear":
         """From values already on a 4-bit grid (a GGUF file's Q4 blocks): q (N, K) in 0..15, scales and
         zeros (N, G). No rounding here; only the scales' cast to `dtype`."""
         (N, K), G = q.shape, scales.shape[1]
@@ -251,13 +265,19 @@ class Int4Linear(nn.Module):
         shapes and dtypes, and the first 64-row block against the portable weights (a stale or damaged copy
         raises ValueError)."""
         N, K = self.out_features + -self.out_features % 16, self.in_features
-        if (weight.shape, weight.dtype, sz.shape, sz.dtype) != ((N, K // 2), torch.uint8, (K // self.group_size, N, 2),
-                                                                 self.scales.dtype):
+        if (weight.shape, weight.dtype, sz.shape, sz.dtype) != (
+            (N, K // 2),
+            torch.uint8,
+            (K // self.group_size, N, 2),
+            self.scales.dtype,
+        ):
             raise ValueError(f"kernel layout of shape {tuple(weight.shape)} / {tuple(sz.shape)} does not fit {N}x{K}")
         rows = min(64, self.out_features)
         first = self._packed_rows(0, rows)
-        if not (torch.equal(first, weight[:len(first)])
-                and torch.equal(sz[:, :rows], _scales_zeros(self.scales[:rows], self.zeros[:rows], sz.dtype))):
+        if not (
+            torch.equal(first, weight[: len(first)])
+            and torch.equal(sz[:, :rows], _scales_zeros(self.scales[:rows], self.zeros[:rows], sz.dtype))
+        ):
             raise ValueError("kernel layout does not match the weights")
         self.kernel_weight, self.kernel_sz = weight, sz
 
@@ -296,8 +316,13 @@ class Int4Linear(nn.Module):
     @classmethod
     def cat(cls, parts: list["Int4Linear"]) -> "Int4Linear":
         """Stack output channels (exact: groups run along the inputs)."""
-        m = cls(parts[0].in_features, sum(p.out_features for p in parts), parts[0].group_size,
-                parts[0].scales.dtype, parts[0].qweight.device)
+        m = cls(
+            parts[0].in_features,
+            sum(p.out_features for p in parts),
+            parts[0].group_size,
+            parts[0].scales.dtype,
+            parts[0].qweight.device,
+        )
         if m.qweight.is_meta:
             return m
         m.qweight = torch.cat([p.qweight for p in parts])
@@ -326,8 +351,14 @@ class Int8Embedding(nn.Module):
 
 
 class Int4Embedding(nn.Module):
-    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = 64,
-                 dtype: torch.dtype = torch.bfloat16, device=None):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        group_size: int = 64,
+        dtype: torch.dtype = torch.bfloat16,
+        device=None,
+    ):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.table = Int4Linear(embedding_dim, num_embeddings, group_size, dtype, device)
@@ -369,8 +400,14 @@ class RescoredEmbedding(Int8Embedding):
     the model's largest matrix), and the logits that greedy decoding, top-k (k <= 64) and nucleus sampling
     look at are the int8 model's; only the tail keeps int4 values."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = 32,
-                 dtype: torch.dtype = torch.bfloat16, device=None):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        group_size: int = 32,
+        dtype: torch.dtype = torch.bfloat16,
+        device=None,
+    ):
         super().__init__(num_embeddings, embedding_dim, dtype, device)
         self.approx = Int4Linear(embedding_dim, num_embeddings, group_size, dtype, device)
 

@@ -26,8 +26,9 @@ def canonical_embedding(embedding: str | None) -> str:
     """One spelling per choice: None (the Python API's float) -> "float"; "default" stays until resolved."""
     e = "float" if embedding is None else embedding
     if e not in (*EMBEDDING_MODES, "default", "file"):
-        raise ValueError(f"unknown embedding quantization {embedding!r}; choose from {', '.join(EMBEDDING_MODES)} "
-                         "or default")
+        raise ValueError(
+            f"unknown embedding quantization {embedding!r}; choose from {', '.join(EMBEDDING_MODES)} or default"
+        )
     return e
 
 
@@ -69,9 +70,16 @@ def validate(quantize: str | None, embedding: str | None = "default", int4_metho
     canonical_embedding(embedding)
 
 
-def resolve(quantize: str | None, group_size: int = 32, embedding: str | None = "default",
-            int4_method: str = "auto", *, num_params: int | None = None, on_gpu: bool = False,
-            from_gguf: bool = False) -> QuantSpec | None:
+def resolve(
+    quantize: str | None,
+    group_size: int = 32,
+    embedding: str | None = "default",
+    int4_method: str = "auto",
+    *,
+    num_params: int | None = None,
+    on_gpu: bool = False,
+    from_gguf: bool = False,
+) -> QuantSpec | None:
     """The user's words -> a QuantSpec, or None for float weights.
 
     quantize: None, "int8", "int4", "gguf", or "auto": a GGUF source's own quantization with the int4+int8
@@ -91,8 +99,10 @@ def resolve(quantize: str | None, group_size: int = 32, embedding: str | None = 
     embedding = canonical_embedding(embedding)
     if quantize == "gguf":
         if not from_gguf:
-            raise ValueError("quantize='gguf' keeps a GGUF file's own quantization, but this model was not made "
-                             "from a GGUF file (or the file has moved): use int8 or int4")
+            raise ValueError(
+                "quantize='gguf' keeps a GGUF file's own quantization, but this model was not made "
+                "from a GGUF file (or the file has moved): use int8 or int4"
+            )
         group_size = GGUF_GROUP  # the embedding too is as the file has it, unless asked otherwise
     if embedding == "default":
         embedding = default_embedding(quantize)

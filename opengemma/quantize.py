@@ -12,9 +12,7 @@ import torch.nn as nn
 
 from .gptq import input_moments
 from .model import Embedding, Gemma
-from .qlinear import (DENSE_ELEMENTS, DENSE_INT4_M, PACK_ROWS, RESCORE_K, SMALL_M,  # noqa: F401 (the API)
-                      Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, RescoredEmbedding, dequantize_int4,
-                      gptq_int4, pack_int4, quantize_int4, quantize_int8, unpack_int4)
+from .qlinear import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, RescoredEmbedding
 from .quant_spec import QUANT_MODES, QuantSpec, canonical_embedding, default_embedding
 
 FORMATS = ("int8", "int4", "float")  # what one matrix can be in a mixed ("gguf") model
@@ -47,8 +45,16 @@ def _linear(w: torch.Tensor | None, shape, mode: str, group_size: int, dtype, de
     return Int4Linear.from_float(w, group_size, dtype, hessian)
 
 
-def _swap(model: Gemma, spec: QuantSpec, dtype: torch.dtype, meta: bool, moments: dict | None = None,
-          formats: dict[str, str] | None = None, exact: dict | None = None, progress: bool = False) -> Gemma:
+def _swap(
+    model: Gemma,
+    spec: QuantSpec,
+    dtype: torch.dtype,
+    meta: bool,
+    moments: dict | None = None,
+    formats: dict[str, str] | None = None,
+    exact: dict | None = None,
+    progress: bool = False,
+) -> Gemma:
     """Every nn.Linear and the tied embedding as `spec` says (meta: the skeleton only, no data).
     formats: {module name: int8 | int4 | float} per matrix ("embed" for the embedding), mode "gguf" only.
     exact: {module name: (q, scales, zeros)} for matrices already on an int4 grid of the spec's group size."""
@@ -82,17 +88,41 @@ def _swap(model: Gemma, spec: QuantSpec, dtype: torch.dtype, meta: bool, moments
                     w = None if meta else child.weight.detach()
                     shape = (child.out_features, child.in_features)
                     h = (moments or {}).get(name)
-                    setattr(module, child_name, _linear(w, shape, fmt, group_size, dtype, device or child.weight.device,
-                                                        h, exact_for(name, fmt, shape[1])))
+                    setattr(
+                        module,
+                        child_name,
+                        _linear(
+                            w,
+                            shape,
+                            fmt,
+                            group_size,
+                            dtype,
+                            device or child.weight.device,
+                            h,
+                            exact_for(name, fmt, shape[1]),
+                        ),
+                    )
         if embedding != "float" and isinstance(model.embed, Embedding):
             w, shape = None if meta else model.embed.weight.detach(), tuple(model.embed.weight.shape)
-            model.embed = _embedding(w, shape, embedding, group_size, dtype, device or model.embed.weight.device,
-                                     (moments or {}).get("embed"), exact_for("embed", embedding, shape[1]))
+            model.embed = _embedding(
+                w,
+                shape,
+                embedding,
+                group_size,
+                dtype,
+                device or model.embed.weight.device,
+                (moments or {}).get("embed"),
+                exact_for("embed", embedding, shape[1]),
+            )
         if not meta:  # remaining float parameters (norms, a float embedding) follow the activation dtype
             for p in model.parameters():
                 p.data = p.data.to(dtype)
-    model.quantization = {"mode": spec.mode, "group_size": group_size, "dtype": str(dtype).removeprefix("torch."),
-                          "embedding": embedding}
+    model.quantization = {
+        "mode": spec.mode,
+        "group_size": group_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "embedding": embedding,
+    }
     if formats is not None:
         model.quantization["formats"] = dict(formats)
     if kept:
@@ -114,6 +144,7 @@ def as_spec(mode: str | QuantSpec, group_size: int = 32, embedding: str | None =
 def fuse_projections(model: Gemma) -> Gemma:
     """Replace q/k/v by one qkv_proj and gate/up by one gate_up_proj (quantized modules only: stacking
     their rows is exact). Decode then makes 4 matmul calls per layer instead of 7."""
+
     def same(parts):  # one quantized format (and int4 group size) for all: a mixed model may differ per matrix
         kinds = {(type(p), getattr(p, "group_size", None)) for p in parts}
         return len(kinds) == 1 and isinstance(parts[0], (Int8Linear, Int4Linear))
@@ -130,9 +161,17 @@ def fuse_projections(model: Gemma) -> Gemma:
     return model
 
 
-def quantize_model(model: Gemma, mode: str | QuantSpec, group_size: int = 32, dtype: torch.dtype = torch.bfloat16,
-                   embedding: str | None = "default", calibration=None, progress: bool = False,
-                   formats: dict[str, str] | None = None, exact: dict | None = None) -> Gemma:
+def quantize_model(
+    model: Gemma,
+    mode: str | QuantSpec,
+    group_size: int = 32,
+    dtype: torch.dtype = torch.bfloat16,
+    embedding: str | None = "default",
+    calibration=None,
+    progress: bool = False,
+    formats: dict[str, str] | None = None,
+    exact: dict | None = None,
+) -> Gemma:
     """Swap every nn.Linear (and the embedding / tied output matrix: embedding = "int8", "int4", "int4+int8",
     "float" (or None), "default" = the mode's own, quant_spec.default_embedding) for its quantized version, in
     place; or as a QuantSpec says. Norms stay in float; activations run in `dtype`. calibration: (1, T) token

@@ -69,7 +69,6 @@ class IncrementalDecoder:
         return 0
 
 
-
 class TextStream:
     """Feed generated ids one at a time; get back text deltas that are final.
 
@@ -94,7 +93,7 @@ class TextStream:
         return best
 
     def _emit(self, upto: int) -> str:
-        delta = self.text[self.emitted:upto] if upto > self.emitted else ""
+        delta = self.text[self.emitted : upto] if upto > self.emitted else ""
         self.emitted = max(self.emitted, upto)
         return delta
 

@@ -33,7 +33,6 @@ __all__ = ["Tokenizer", "Message"]
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant" | "model", "content": str}
 
 
-
 class Tokenizer:
     """A SentencePiece tokenizer with Gemma's special ids and chat format.
 
@@ -76,9 +75,7 @@ class Tokenizer:
         self.start_of_turn_id: int | None = self.piece_to_id("<start_of_turn>")
         self.end_of_turn_id: int | None = self.piece_to_id("<end_of_turn>")
         # Generation ends at <eos> (pretrained models) or <end_of_turn> (instruction-tuned models).
-        self.stop_ids: tuple[int, ...] = tuple(
-            i for i in (self.eos_id, self.end_of_turn_id) if i is not None
-        )
+        self.stop_ids: tuple[int, ...] = tuple(i for i in (self.eos_id, self.end_of_turn_id) if i is not None)
 
     # --- construction / serialization ---------------------------------------------------------
 
@@ -140,9 +137,7 @@ class Tokenizer:
 
     # --- encode / decode ---------------------------------------------------------------------------
 
-    def encode(
-        self, text: str, bos: bool = True, eos: bool = False, *, allow_special: bool = False
-    ) -> list[int]:
+    def encode(self, text: str, bos: bool = True, eos: bool = False, *, allow_special: bool = False) -> list[int]:
         """Token ids of ``text``, with ``<bos>`` first by default (Gemma needs it, see PITFALLS 5).
 
         ``allow_special=True`` also turns the text of control pieces (``<bos>``, ``<eos>``,
@@ -194,9 +189,7 @@ class Tokenizer:
         """The byte value of a byte-fallback piece ``<0xAB>``, else None."""
         if self._byte_value is None:
             sp = self._sp
-            self._byte_value = {
-                i: int(sp.id_to_piece(i)[3:5], 16) for i in range(self.vocab_size) if sp.is_byte(i)
-            }
+            self._byte_value = {i: int(sp.id_to_piece(i)[3:5], 16) for i in range(self.vocab_size) if sp.is_byte(i)}
         return self._byte_value.get(id)
 
     # --- chat ----------------------------------------------------------------------------------------
@@ -272,9 +265,7 @@ def _chat_turns(messages: Sequence[Message], add_generation_prompt: bool) -> lis
         if role == "assistant":
             role = "model"
         if role not in ("system", "user", "model"):
-            raise ValueError(
-                f"message {i}: unknown role {role!r} (expected system, user, assistant or model)"
-            )
+            raise ValueError(f"message {i}: unknown role {role!r} (expected system, user, assistant or model)")
         if role == "system" and i != 0:
             raise ValueError(f"message {i}: a system message is only allowed as the first message")
         # Gemma's official templates trim user/model content (`| trim`), not the system prefix.
@@ -283,9 +274,7 @@ def _chat_turns(messages: Sequence[Message], add_generation_prompt: bool) -> lis
         raise ValueError("no messages")
     if turns[0][0] == "system":
         if len(turns) < 2 or turns[1][0] != "user":
-            raise ValueError(
-                "a system message must be followed by a user message (it is folded into it)"
-            )
+            raise ValueError("a system message must be followed by a user message (it is folded into it)")
         turns = [("user", turns[0][1] + "\n\n" + turns[1][1]), *turns[2:]]
     for i, (role, _) in enumerate(turns):
         expected = "user" if i % 2 == 0 else "model"

@@ -11,8 +11,12 @@ if not torch.cuda.is_available():
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
-    parser.addoption("--run-cuda", action="store_true", default=False,
-                     help="run the GPU tier (tests marked cuda); fails, not skips, without a GPU")
+    parser.addoption(
+        "--run-cuda",
+        action="store_true",
+        default=False,
+        help="run the GPU tier (tests marked cuda); fails, not skips, without a GPU",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,7 +51,8 @@ def hf_model():
 
     path = assemble()
     return transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    ).eval()
 
 
 @pytest.fixture(scope="session")

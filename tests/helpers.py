@@ -69,8 +69,18 @@ def explain_decode_step(model, greedy: bool = True, max_k: int | None = None):
 
     B = 2
     model.setup_cache(B, 32, prefill_chunk=4)
-    args = (model, torch.tensor([5, 6]), torch.tensor([3]), torch.tensor([0, 1]), torch.full((B,), 0.0 if greedy else 1.0),
-            torch.full((B,), max_k or 0), torch.ones(B), torch.rand(B), greedy, max_k)
+    args = (
+        model,
+        torch.tensor([5, 6]),
+        torch.tensor([3]),
+        torch.tensor([0, 1]),
+        torch.full((B,), 0.0 if greedy else 1.0),
+        torch.full((B,), max_k or 0),
+        torch.ones(B),
+        torch.rand(B),
+        greedy,
+        max_k,
+    )
     torch._dynamo.reset()
     try:
         with torch.inference_mode():
@@ -83,7 +93,7 @@ def explain_decode_step(model, greedy: bool = True, max_k: int | None = None):
 def gemv_reference(fmt, x, w, group_size):
     """float64 x @ W^T of what the GEMV kernel is given (weights as stored), and the kernel's arguments."""
     from opengemma import kernels
-    from opengemma.quantize import dequantize_int4, pack_int4, quantize_int4, quantize_int8
+    from opengemma.qlinear import dequantize_int4, pack_int4, quantize_int4, quantize_int8
 
     if fmt == kernels.FLOAT:
         wb = w.bfloat16()
@@ -125,8 +135,15 @@ def running(app):
 
 
 # -- the tiny SentencePiece model (tokenizer, streaming and GGUF vocabulary tests) --------------------------
-SENTENCEPIECE_USER_DEFINED = ["<mask>", "<start_of_turn>", "<end_of_turn>", "\n", "\n\n", "\u2581\u2581",
-                              "\u2581\u2581\u2581\u2581"]
+SENTENCEPIECE_USER_DEFINED = [
+    "<mask>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "\n",
+    "\n\n",
+    "\u2581\u2581",
+    "\u2581\u2581\u2581\u2581",
+]
 
 TINY_TEXTS = [
     "the cat answers  a question.",
@@ -193,19 +210,22 @@ def tiny_sentencepiece() -> bytes:
 PARAGRAPH = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
     "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889. Locally nicknamed "
-    "\"La dame de fer\" (French for \"Iron Lady\"), it was constructed as the centrepiece of the 1889 World's Fair, "
+    '"La dame de fer" (French for "Iron Lady"), it was constructed as the centrepiece of the 1889 World\'s Fair, '
     "and to crown the centennial anniversary of the French Revolution."
 )
-LONG_TEXT = "\n\n".join([
-    PARAGRAPH,
-    "Photosynthesis is the process by which green plants, algae and some bacteria convert light energy into "
-    "chemical energy. During photosynthesis, light energy is captured and used to convert water, carbon dioxide "
-    "and minerals into oxygen and energy-rich organic compounds.",
-    "def quicksort(xs):\n    if len(xs) <= 1:\n        return xs\n    pivot, *rest = xs\n    left = [x for x in rest "
-    "if x < pivot]\n    right = [x for x in rest if x >= pivot]\n    return quicksort(left) + [pivot] + quicksort(right)",
-    "The Industrial Revolution was the transition to new manufacturing processes in Great Britain, continental "
-    "Europe and the United States, in the period from about 1760 to 1820-1840. This transition included going "
-    "from hand production methods to machines, new chemical manufacturing and iron production processes, the "
-    "increasing use of steam power and water power, the development of machine tools and the rise of the "
-    "mechanised factory system.",
-] * 3)
+LONG_TEXT = "\n\n".join(
+    [
+        PARAGRAPH,
+        "Photosynthesis is the process by which green plants, algae and some bacteria convert light energy into "
+        "chemical energy. During photosynthesis, light energy is captured and used to convert water, carbon dioxide "
+        "and minerals into oxygen and energy-rich organic compounds.",
+        "def quicksort(xs):\n    if len(xs) <= 1:\n        return xs\n    pivot, *rest = xs\n    left = [x for x in rest "
+        "if x < pivot]\n    right = [x for x in rest if x >= pivot]\n    return quicksort(left) + [pivot] + quicksort(right)",
+        "The Industrial Revolution was the transition to new manufacturing processes in Great Britain, continental "
+        "Europe and the United States, in the period from about 1760 to 1820-1840. This transition included going "
+        "from hand production methods to machines, new chemical manufacturing and iron production processes, the "
+        "increasing use of steam power and water power, the development of machine tools and the rise of the "
+        "mechanised factory system.",
+    ]
+    * 3
+)

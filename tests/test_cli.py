@@ -1,6 +1,7 @@
 """The command line (opengemma/cli.py) with the real default model, run as `python -m opengemma.cli`: generate
 and its errors (no tracebacks), chat says the model is pretrained, info and convert (the exported directory
 loads in opengemma and transformers alike). The llm fixture is tests/conftest.py's."""
+
 import subprocess
 import sys
 
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.real_model
 
 
 def _cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "opengemma.cli", *args], capture_output=True, text=True,
-                          input=stdin, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "opengemma.cli", *args], capture_output=True, text=True, input=stdin, timeout=600
+    )
 
 
 def test_cli_generate_and_errors(llm):

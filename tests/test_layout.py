@@ -10,23 +10,57 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "opengemma"
-MAX_LINES = 420  # "~400": a file that outgrows it is doing two jobs
+MAX_LINES = 420  # "~400" (ruff-formatted): a file that outgrows it does two jobs, or says why it is one file
 
 # room -> the rooms it may import (a room is a top-level module or subpackage of opengemma). Rooms still to
 # come (data, train, rl, recipes) are listed so the training wing lands on the seams DESIGN.md draws.
-EVERYTHING = {"config", "quant_spec", "kernels", "calibration", "tokenizer", "streaming", "gptq", "model", "qlinear",
-              "quantize",
-              "weights", "engine", "api", "serve", "eval", "cli", "data", "train", "rl", "recipes"}
+EVERYTHING = {
+    "config",
+    "quant_spec",
+    "kernels",
+    "calibration",
+    "tokenizer",
+    "streaming",
+    "gptq",
+    "model",
+    "qlinear",
+    "quantize",
+    "weights",
+    "engine",
+    "api",
+    "serve",
+    "eval",
+    "cli",
+    "data",
+    "train",
+    "rl",
+    "recipes",
+}
 ALLOWED = {
-    "config": set(), "quant_spec": set(), "kernels": set(), "calibration": set(), "tokenizer": set(),
-    "streaming": set(), "gptq": set(),
+    "config": set(),
+    "quant_spec": set(),
+    "kernels": set(),
+    "calibration": set(),
+    "tokenizer": set(),
+    "streaming": set(),
+    "gptq": set(),
     "model": {"config", "kernels"},
     "qlinear": {"kernels", "gptq"},
     "quantize": {"config", "kernels", "model", "gptq", "qlinear", "quant_spec"},
     "weights": {"config", "model", "qlinear", "quantize", "quant_spec", "calibration"},
     "engine": {"config", "kernels", "model"},
-    "api": {"config", "quant_spec", "kernels", "model", "qlinear", "quantize", "weights", "engine", "tokenizer",
-            "streaming"},
+    "api": {
+        "config",
+        "quant_spec",
+        "kernels",
+        "model",
+        "qlinear",
+        "quantize",
+        "weights",
+        "engine",
+        "tokenizer",
+        "streaming",
+    },
     "serve": {"config", "api", "engine", "tokenizer", "streaming"},
     "eval": {"config", "model", "engine", "tokenizer", "streaming", "data"},
     "data": {"tokenizer"},
@@ -134,13 +168,24 @@ def test_imports_follow_the_seams():
 def test_every_file_states_its_job_and_stays_small():
     undocumented = [m for m, p in MODULES.items() if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()]
     assert not undocumented, f"no opening docstring: {undocumented}"
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    # a longer file says why it is one file, in its opening docstring
+    long = {
+        m: n
+        for m, p in MODULES.items()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+        and "One file because" not in ast.get_docstring(ast.parse(p.read_text()))
+    }
     assert not long, long
 
 
 def _imports_torch(code: str) -> bool:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, check=True, cwd=PKG.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PKG.parent,
+    )
     return out.stdout.strip().splitlines()[-1] == "True"
 
 

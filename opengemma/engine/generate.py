@@ -19,7 +19,6 @@ from .. import kernels
 from ..model import Gemma, KVCache
 from .sampling import as_row_tensor, sample
 
-
 CACHE_BUCKET = 256
 MALLOC_MMAP_THRESHOLD = 32 << 20  # bytes: glibc's own ceiling for its dynamic threshold
 
@@ -61,9 +60,18 @@ class GenerationOutput:
     stop_token: int | None = None
 
 
-def decode_step(model: Gemma, tok: torch.Tensor, input_pos: torch.Tensor, pad: torch.Tensor,
-                temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor,
-                greedy: bool, max_k: int | None) -> torch.Tensor:
+def decode_step(
+    model: Gemma,
+    tok: torch.Tensor,
+    input_pos: torch.Tensor,
+    pad: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    u: torch.Tensor,
+    greedy: bool,
+    max_k: int | None,
+) -> torch.Tensor:
     """One token per row: tok (B,) at position input_pos (1,) -> next token (B,)."""
     logits = model(tok.view(-1, 1), input_pos, pad=pad)[:, -1]  # (B, V)
     if greedy:
@@ -90,8 +98,11 @@ def cache_guards_only(model: Gemma) -> Callable:
 
     def keep(entries) -> list[bool]:
         caches = {id(t) for t in ref().cache_tensors()}
-        return [not e.orig_guard.source.is_unspecialized_nn_module()
-                or (e.guard_type == "TENSOR_MATCH" and e.has_value and id(e.value) in caches) for e in entries]
+        return [
+            not e.orig_guard.source.is_unspecialized_nn_module()
+            or (e.guard_type == "TENSOR_MATCH" and e.has_value and id(e.value) in caches)
+            for e in entries
+        ]
 
     return keep
 
@@ -104,10 +115,16 @@ def module_fingerprint(model: Gemma) -> tuple:
     no recompile: the step reads them as inputs. Walking ~400 entries costs about a millisecond in Python, so
     the engine checks it once per generate() call / scheduler start, never per step."""
     cache = {id(t) for t in model.cache_tensors()}
-    modules = tuple((name, type(m).__name__, getattr(m, "gemv", None)) for name, m in model.named_modules()
-                    if not isinstance(m, KVCache))
-    tensors = tuple((name, tuple(t.shape), t.dtype, t.device)
-                    for name, t in (*model.named_parameters(), *model.named_buffers()) if id(t) not in cache)
+    modules = tuple(
+        (name, type(m).__name__, getattr(m, "gemv", None))
+        for name, m in model.named_modules()
+        if not isinstance(m, KVCache)
+    )
+    tensors = tuple(
+        (name, tuple(t.shape), t.dtype, t.device)
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if id(t) not in cache
+    )
     return modules + tensors
 
 
@@ -138,8 +155,7 @@ def set_gemv(model: Gemma, on: bool = True) -> Gemma:
     embedding's output layer, Int8Linear, Int4Linear: those with a `gemv` switch) through it (on) or through
     torch's kernels (off). Per module, so a compiled step sees a constant (and module_fingerprint a change)."""
     if on and kernels.triton is None:
-        raise RuntimeError("the GEMV kernel needs a GPU and Triton (pip install triton; CUDA builds of torch "
-                           "bring it)")
+        raise RuntimeError("the GEMV kernel needs a GPU and Triton (pip install triton; CUDA builds of torch bring it)")
     for m in model.modules():
         if hasattr(type(m), "gemv"):
             m.gemv = on
@@ -152,14 +168,25 @@ def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> int:
         raise ValueError("every prompt needs at least one token (<bos>)")
     longest = max(len(p) for p in prompts)
     if longest >= context:
-        raise PromptTooLongError(f"prompt has {longest} tokens; the model's context is {context} tokens "
-                                 f"(at most {context - 1} prompt tokens leave room for one new token)")
+        raise PromptTooLongError(
+            f"prompt has {longest} tokens; the model's context is {context} tokens "
+            f"(at most {context - 1} prompt tokens leave room for one new token)"
+        )
     return longest
 
 
-def prefill_chunks(model: Gemma, tokens: torch.Tensor, start: int = 0, chunk: int = 256, *,
-                   pad: torch.Tensor | None = None, row: int | None = None, last_only: bool = False,
-                   hidden: bool = False, bounded: bool = True) -> Iterator[tuple[int, int, torch.Tensor]]:
+def prefill_chunks(
+    model: Gemma,
+    tokens: torch.Tensor,
+    start: int = 0,
+    chunk: int = 256,
+    *,
+    pad: torch.Tensor | None = None,
+    row: int | None = None,
+    last_only: bool = False,
+    hidden: bool = False,
+    bounded: bool = True,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Feed (B, L) tokens through the KV cache at positions start .. start + L - 1, `chunk` tokens per forward
     (chunks bound the attention matrices and the sliding-window rings: setup_cache's prefill_chunk); yields
     (s, e, out) per chunk, out the model's output for tokens[:, s:e] (logits, or hidden states with hidden).
@@ -169,8 +196,15 @@ def prefill_chunks(model: Gemma, tokens: torch.Tensor, start: int = 0, chunk: in
     L = tokens.shape[1]
     for s in range(0, L, chunk):
         e = min(s + chunk, L)
-        out = model(tokens[:, s:e], torch.arange(start + s, start + e, device=tokens.device), pad=pad, row=row,
-                    last_only=last_only, end=start + e if bounded else None, hidden=hidden)
+        out = model(
+            tokens[:, s:e],
+            torch.arange(start + s, start + e, device=tokens.device),
+            pad=pad,
+            row=row,
+            last_only=last_only,
+            end=start + e if bounded else None,
+            hidden=hidden,
+        )
         yield s, e, out
 
 
@@ -225,7 +259,7 @@ def generate(
 
     tokens = torch.full((B, longest), model.config.pad_id, dtype=torch.long)
     for b, p in enumerate(prompts):
-        tokens[b, longest - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        tokens[b, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
     tokens = tokens.to(device)
     pad = torch.tensor([longest - n for n in lengths], device=device)
     temps = [temperature] * B if isinstance(temperature, (int, float)) else list(temperature)

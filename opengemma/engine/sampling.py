@@ -7,8 +7,14 @@ from __future__ import annotations
 import torch
 
 
-def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-           u: torch.Tensor, max_k: int | None = None) -> torch.Tensor:
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    u: torch.Tensor,
+    max_k: int | None = None,
+) -> torch.Tensor:
     """Next token per row.
 
     logits (B, V); temperature (B,) float, 0 = greedy; top_k (B,) int, 0 = off; top_p (B,) float, 1 = off;

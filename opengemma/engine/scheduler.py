@@ -49,8 +49,16 @@ class Request:
 
 
 class Scheduler:
-    def __init__(self, model: Gemma, max_batch: int = 8, max_len: int | None = None, prefill_chunk: int = 256,
-                 compile: bool | None = None, max_queue: int = 256, sync_every: int | None = None):
+    def __init__(
+        self,
+        model: Gemma,
+        max_batch: int = 8,
+        max_len: int | None = None,
+        prefill_chunk: int = 256,
+        compile: bool | None = None,
+        max_queue: int = 256,
+        sync_every: int | None = None,
+    ):
         self.model = model
         self.device = model.norm.weight.device
         self.max_batch = max_batch
@@ -86,7 +94,8 @@ class Scheduler:
         if n + request.max_new_tokens > self.max_len:
             raise PromptTooLongError(
                 f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) = "
-                f"{n + request.max_new_tokens} exceeds the context of {self.max_len} tokens")
+                f"{n + request.max_new_tokens} exceeds the context of {self.max_len} tokens"
+            )
 
     def submit(self, request: Request) -> Request:
         """Queue a request (thread-safe). Raises queue.Full when the queue is at its limit."""
@@ -112,8 +121,9 @@ class Scheduler:
         u = torch.zeros(self.max_batch, device=self.device)
         pos = torch.tensor([self.clock], device=self.device)
         for greedy in (True, False):
-            self.step_fn(self.model, self.next_tok, pos, self.pad, self.temperature, self.top_k, self.top_p, u,
-                         greedy, None)
+            self.step_fn(
+                self.model, self.next_tok, pos, self.pad, self.temperature, self.top_k, self.top_p, u, greedy, None
+            )
         self.pad.fill_(self.clock + 1)
         self.clock += 1
 
@@ -178,8 +188,9 @@ class Scheduler:
                 greedy = False
                 u[row] = torch.rand((), generator=self.generators[row]).item()
         pos = torch.tensor([self.clock], device=self.device)
-        self.next_tok = self.step_fn(self.model, self.next_tok, pos, self.pad, self.temperature, self.top_k,
-                                     self.top_p, u, greedy, None).clone()
+        self.next_tok = self.step_fn(
+            self.model, self.next_tok, pos, self.pad, self.temperature, self.top_k, self.top_p, u, greedy, None
+        ).clone()
         self.clock += 1
 
     def _admit(self, row: int, req: Request) -> None:
@@ -191,13 +202,21 @@ class Scheduler:
         prompt = list(req.prompt)
         start = self.clock - len(prompt)
         self.pad[row] = start
-        for _, _, logits in prefill_chunks(self.model, torch.tensor([prompt], device=self.device), start,
-                                           self.prefill_chunk, pad=self.pad[row:row + 1], row=row, last_only=True,
-                                           bounded=False):
+        for _, _, logits in prefill_chunks(
+            self.model,
+            torch.tensor([prompt], device=self.device),
+            start,
+            self.prefill_chunk,
+            pad=self.pad[row : row + 1],
+            row=row,
+            last_only=True,
+            bounded=False,
+        ):
             pass
         u = torch.rand(1, generator=gen).to(self.device)
-        self.next_tok[row] = sample(logits[:, -1], self.temperature[row:row + 1], self.top_k[row:row + 1],
-                                    self.top_p[row:row + 1], u)[0]
+        self.next_tok[row] = sample(
+            logits[:, -1], self.temperature[row : row + 1], self.top_k[row : row + 1], self.top_p[row : row + 1], u
+        )[0]
 
     def _deliver(self, row: int, req: Request, tok: int) -> None:
         if tok in req.stop_ids:

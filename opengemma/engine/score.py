@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from ..model import Gemma
 from .generate import prefill_chunks
 
-
 SHARED = 32  # tokens in common (and half the row) that make rows one cluster, batched with its prefix once
 
 
@@ -53,15 +52,24 @@ class Scorer:
     chunk: tokens per forward (setup_cache's prefill_chunk). progress: a progress bar per call.
     """
 
-    def __init__(self, model: Gemma, *, batch_size: int = 16, max_len: int = 2048, token_budget: int = 32768,
-                 chunk: int = 256, progress: bool = True):
+    def __init__(
+        self,
+        model: Gemma,
+        *,
+        batch_size: int = 16,
+        max_len: int = 2048,
+        token_budget: int = 32768,
+        chunk: int = 256,
+        progress: bool = True,
+    ):
         self.model = model
         self.batch_size, self.token_budget, self.chunk, self.progress = batch_size, token_budget, chunk, progress
         self.max_len = min(max_len, model.config.max_seq_len)
         self.device = model.norm.weight.device
 
-    def loglikelihood_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "scoring"
-                             ) -> list[tuple[float, bool, int]]:
+    def loglikelihood_tokens(
+        self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "scoring"
+    ) -> list[tuple[float, bool, int]]:
         """(context ids, continuation ids) -> (sum of log p(continuation ids | context ids), whether greedy
         decoding would produce exactly them, number of continuation ids). The context includes <bos>; a
         context longer than max_len less the continuation is cut on the left."""
@@ -81,8 +89,9 @@ class Scorer:
         out = self._score_rows(rows, desc)
         return [(lp, greedy, len(cont)) for (lp, greedy), (_, cont) in zip(out, pairs)]
 
-    def rolling_tokens(self, seqs: Sequence[list[int]], stride: int | None = None, desc: str = "perplexity"
-                       ) -> list[tuple[float, int]]:
+    def rolling_tokens(
+        self, seqs: Sequence[list[int]], stride: int | None = None, desc: str = "perplexity"
+    ) -> list[tuple[float, int]]:
         """Sum of log p over seq[1:] for each token sequence (seq[0] is <bos>), and the token count. Windows of
         max_len tokens advance by `stride` (default max_len // 2: each token is predicted with at least half a
         window of context)."""
@@ -94,7 +103,7 @@ class Scorer:
             while start < len(seq):
                 end = min(len(seq), start + (L - 1 if start == 1 else stride))
                 s = max(0, end - L)
-                rows.append((seq[s:end - 1], [Target(len(owner), start - s, seq[start:end])]))
+                rows.append((seq[s : end - 1], [Target(len(owner), start - s, seq[start:end])]))
                 owner.append(i)
                 start = end
         out = self._score_rows(rows, desc)
@@ -111,7 +120,7 @@ class Scorer:
         rows = sorted(rows, key=lambda r: r[0])
         merged: list[tuple[list[int], list[Target]]] = []
         for seq, targets in reversed(rows):
-            if merged and len(seq) <= len(merged[-1][0]) and merged[-1][0][:len(seq)] == seq:
+            if merged and len(seq) <= len(merged[-1][0]) and merged[-1][0][: len(seq)] == seq:
                 merged[-1][1].extend(targets)
             else:
                 merged.append((seq, list(targets)))
@@ -129,8 +138,7 @@ class Scorer:
         groups = [sorted(c, key=lambda r: len(r[0])) for c in clusters if len(c) >= 4]
         # the rest by context (what precedes the first scored token), so that the rows of one context stay
         # together and a batch can compute it once and fork it (_score_batch)
-        groups.append(sorted((r for c in clusters if len(c) < 4 for r in c),
-                             key=lambda r: (_context_len(r), r[0])))
+        groups.append(sorted((r for c in clusters if len(c) < 4 for r in c), key=lambda r: (_context_len(r), r[0])))
         batches = []
         for g in groups:
             cur, longest = [], 0
@@ -181,7 +189,7 @@ class Scorer:
                 ctx_tokens = torch.full((G, Lc), model.config.pad_id, dtype=torch.long)
                 for g, c in enumerate(contexts):
                     if c:
-                        ctx_tokens[g, Lc - len(c):] = torch.tensor(c)
+                        ctx_tokens[g, Lc - len(c) :] = torch.tensor(c)
                 pad_g = torch.tensor([Lc - len(c) for c in contexts], device=device)
                 for _ in prefill_chunks(model, ctx_tokens.to(device), 0, self.chunk, pad=pad_g, hidden=True):
                     pass
@@ -198,18 +206,22 @@ class Scorer:
             # the rows' own parts, right-padded: a causal model never lets a real token see the padding after it
             tokens = torch.full((B, T), model.config.pad_id, dtype=torch.long)
             for b, s in enumerate(seqs):
-                tokens[b, :len(s) - start[b]] = torch.tensor(s[start[b]:])
+                tokens[b, : len(s) - start[b]] = torch.tensor(s[start[b] :])
             tokens = tokens.to(device)
             # what to read: (row, column in the row's own part predicting the token, the token)
-            picks = [(b, t.first - 1 + j - start[b], tok) for b, (_, ts) in enumerate(batch) for t in ts
-                     for j, tok in enumerate(t.tokens)]
+            picks = [
+                (b, t.first - 1 + j - start[b], tok)
+                for b, (_, ts) in enumerate(batch)
+                for t in ts
+                for j, tok in enumerate(t.tokens)
+            ]
             logp = torch.empty(len(picks))
             greedy = torch.empty(len(picks), dtype=torch.bool)
             # bounded: no slot past the chunk's end holds keys yet, so attention reads only the filled ones
             for s, e, h in prefill_chunks(model, tokens, base, self.chunk, pad=pad, hidden=True):  # h (B, t, C)
                 sel = [k for k, (_, col, _) in enumerate(picks) if s <= col < e]
                 for k0 in range(0, len(sel), 512):  # bounded logits memory: 512 x V floats at a time
-                    ks = sel[k0:k0 + 512]
+                    ks = sel[k0 : k0 + 512]
                     rows_ = torch.tensor([picks[k][0] for k in ks], device=device)
                     cols = torch.tensor([picks[k][1] - s for k in ks], device=device)
                     want = torch.tensor([picks[k][2] for k in ks], device=device)
@@ -223,6 +235,6 @@ class Scorer:
         for b, (_, ts) in enumerate(batch):
             for t in ts:
                 n = len(t.tokens)
-                out.append((t, (float(logp[k:k + n].double().sum()), bool(greedy[k:k + n].all()))))
+                out.append((t, (float(logp[k : k + n].double().sum()), bool(greedy[k : k + n].all()))))
                 k += n
         return out

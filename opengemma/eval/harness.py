@@ -19,8 +19,17 @@ from pathlib import Path
 from typing import Sequence
 
 from .scorer import Scorer
-from .tasks.base import CodeTask, GenerateTask, MultipleChoiceTask, PerplexityTask, Task, binomial_stderr, \
-    majority, mean_stderr, pass_at_k
+from .tasks.base import (
+    CodeTask,
+    GenerateTask,
+    MultipleChoiceTask,
+    PerplexityTask,
+    Task,
+    binomial_stderr,
+    majority,
+    mean_stderr,
+    pass_at_k,
+)
 
 
 def sample_items(n: int, k: int | None, seed: int) -> list[int]:
@@ -37,9 +46,17 @@ def _mean(records: list[dict], key: str) -> dict:
     return {key: m, f"{key}_stderr": binomial_stderr(m, len(xs)) if binary else mean_stderr(xs)}
 
 
-def run_task(task: Task, scorer: Scorer, *, shots: int | None = None, limit: int | None = None, seed: int = 1234,
-             samples: int | None = None, temperature: float | None = None, code_timeout: float | None = None
-             ) -> tuple[dict, list[dict]]:
+def run_task(
+    task: Task,
+    scorer: Scorer,
+    *,
+    shots: int | None = None,
+    limit: int | None = None,
+    seed: int = 1234,
+    samples: int | None = None,
+    temperature: float | None = None,
+    code_timeout: float | None = None,
+) -> tuple[dict, list[dict]]:
     """One task -> (metrics, per-item records)."""
     all_items = task.items()
     cap = limit if limit is not None else getattr(task, "max_items", None)
@@ -57,21 +74,34 @@ def run_task(task: Task, scorer: Scorer, *, shots: int | None = None, limit: int
         flat = scorer.loglikelihood([r for rs in reqs for r in rs], desc=task.name)
         records, j = [], 0
         for it, rs in zip(items, reqs):
-            records.append(task.score(it, flat[j:j + len(rs)]))
+            records.append(task.score(it, flat[j : j + len(rs)]))
             j += len(rs)
         for m in task.metrics:
             metrics.update(_mean(records, m))
     elif isinstance(task, GenerateTask):
         n = samples or getattr(task, "samples", 1)
         temp = temperature if temperature is not None else (0.0 if n == 1 else getattr(task, "temperature", 0.7))
-        outs = [scorer.generate(contexts, task.max_new_tokens, task.stop, temperature=temp,
-                                seed=seed + s, desc=f"{task.name} {s + 1}/{n}") for s in range(n)]
+        outs = [
+            scorer.generate(
+                contexts,
+                task.max_new_tokens,
+                task.stop,
+                temperature=temp,
+                seed=seed + s,
+                desc=f"{task.name} {s + 1}/{n}",
+            )
+            for s in range(n)
+        ]
         records = []
         for i, it in enumerate(items):
             texts = [o[i] for o in outs]
             preds = [task.extract(t) for t in texts]
-            rec = {"generations": texts, "preds": preds, "answers": it.answers,
-                   "exact_match": float(task.is_correct(preds[0], it))}
+            rec = {
+                "generations": texts,
+                "preds": preds,
+                "answers": it.answers,
+                "exact_match": float(task.is_correct(preds[0], it)),
+            }
             if n > 1:
                 rec[f"maj@{n}"] = float(task.is_correct(majority(preds), it))
             records.append(rec)
@@ -82,8 +112,17 @@ def run_task(task: Task, scorer: Scorer, *, shots: int | None = None, limit: int
 
         n = samples or 1
         temp = temperature if temperature is not None else (0.0 if n == 1 else 0.8)
-        outs = [scorer.generate(contexts, task.max_new_tokens, task.stop, temperature=temp, seed=seed + s,
-                                desc=f"{task.name} {s + 1}/{n}") for s in range(n)]
+        outs = [
+            scorer.generate(
+                contexts,
+                task.max_new_tokens,
+                task.stop,
+                temperature=temp,
+                seed=seed + s,
+                desc=f"{task.name} {s + 1}/{n}",
+            )
+            for s in range(n)
+        ]
         timeout = code_timeout or task.timeout
         programs = [(i, task.program(it, o[i])) for o in outs for i, it in enumerate(items)]
         with ThreadPoolExecutor(max_workers=2) as pool:  # the sandboxed processes run two at a time
@@ -94,8 +133,13 @@ def run_task(task: Task, scorer: Scorer, *, shots: int | None = None, limit: int
         records = []
         for i, it in enumerate(items):
             c = sum(r.passed for r in passed[i])
-            rec = {"task_id": it.task_id, "n": n, "correct": c, "status": [r.status for r in passed[i]],
-                   "completions": [o[i] for o in outs]}
+            rec = {
+                "task_id": it.task_id,
+                "n": n,
+                "correct": c,
+                "status": [r.status for r in passed[i]],
+                "completions": [o[i] for o in outs],
+            }
             for kk in (1, 10, 100):
                 if kk <= n:
                     rec[f"pass@{kk}"] = pass_at_k(n, c, kk)
@@ -110,8 +154,11 @@ def run_task(task: Task, scorer: Scorer, *, shots: int | None = None, limit: int
         toks = sum(n for _, n in scores)
         words = sum(len(t.split()) for t in texts)
         nbytes = sum(len(t.encode("utf-8")) for t in texts)
-        metrics = {"token_perplexity": math.exp(-lp / toks), "word_perplexity": math.exp(-lp / max(words, 1)),
-                   "bits_per_byte": -lp / max(nbytes, 1) / math.log(2)}
+        metrics = {
+            "token_perplexity": math.exp(-lp / toks),
+            "word_perplexity": math.exp(-lp / max(words, 1)),
+            "bits_per_byte": -lp / max(nbytes, 1) / math.log(2),
+        }
         records = [{"logprob": s, "tokens": n} for s, n in scores]
     else:
         raise TypeError(f"{task.name}: unknown task kind {type(task).__name__}")
@@ -120,10 +167,21 @@ def run_task(task: Task, scorer: Scorer, *, shots: int | None = None, limit: int
     return metrics, records
 
 
-def evaluate(llm, tasks: Sequence[str | Task], *, shots: int | None = None, limit: int | None = None,
-             seed: int = 1234, output: str | Path | None = None, data: dict[str, str] | None = None,
-             samples: int | None = None, temperature: float | None = None, batch_size: int = 16,
-             max_len: int = 2048, progress: bool = True) -> dict:
+def evaluate(
+    llm,
+    tasks: Sequence[str | Task],
+    *,
+    shots: int | None = None,
+    limit: int | None = None,
+    seed: int = 1234,
+    output: str | Path | None = None,
+    data: dict[str, str] | None = None,
+    samples: int | None = None,
+    temperature: float | None = None,
+    batch_size: int = 16,
+    max_len: int = 2048,
+    progress: bool = True,
+) -> dict:
     """Evaluate `llm` (an opengemma LLM) on tasks (registered names or Task objects)."""
     from .tasks.registry import get_task
 
@@ -139,12 +197,19 @@ def evaluate(llm, tasks: Sequence[str | Task], *, shots: int | None = None, limi
             loaded = spec
         members = loaded if isinstance(loaded, list) else [loaded]
         for task in members:
-            metrics, records = run_task(task, scorer, shots=shots, limit=limit, seed=seed, samples=samples,
-                                        temperature=temperature)
+            metrics, records = run_task(
+                task, scorer, shots=shots, limit=limit, seed=seed, samples=samples, temperature=temperature
+            )
             results[task.name] = metrics
             if progress:
-                print(f"{task.name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()
-                                                    if not isinstance(v, dict) and not k.endswith("_stderr")))
+                print(
+                    f"{task.name}: "
+                    + ", ".join(
+                        f"{k}={_fmt(v)}"
+                        for k, v in metrics.items()
+                        if not isinstance(v, dict) and not k.endswith("_stderr")
+                    )
+                )
             if out_dir is not None:
                 with open(out_dir / "samples" / f"{task.name}.jsonl", "w") as f:
                     for r in records:
@@ -153,10 +218,15 @@ def evaluate(llm, tasks: Sequence[str | Task], *, shots: int | None = None, limi
             groups[spec] = [t.name for t in members]
     for g, names in groups.items():  # a group's score: the mean of its tasks' headline metrics
         vals = [headline(results[n])[1] for n in names]
-        results[g] = {"mean_score": sum(vals) / len(vals), "n": sum(results[n]["n"] for n in names),
-                      "tasks": names}
-    report = {"model": getattr(llm, "name", "model"), "seed": seed, "shots": shots, "limit": limit,
-              "max_len": max_len, "results": results}
+        results[g] = {"mean_score": sum(vals) / len(vals), "n": sum(results[n]["n"] for n in names), "tasks": names}
+    report = {
+        "model": getattr(llm, "name", "model"),
+        "seed": seed,
+        "shots": shots,
+        "limit": limit,
+        "max_len": max_len,
+        "results": results,
+    }
     if out_dir is not None:
         (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
         (out_dir / "results.md").write_text(markdown_table(report))
@@ -177,7 +247,12 @@ def headline(metrics: dict) -> tuple[str, float] | None:
 
 
 def markdown_table(report: dict) -> str:
-    lines = [f"# {report['model']}", "", "| task | metric | value | ± stderr | n | shots |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# {report['model']}",
+        "",
+        "| task | metric | value | ± stderr | n | shots |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in report["results"].items():
         for k, v in m.items():
             if not isinstance(v, float) or k.endswith("_stderr") or k == "seconds":

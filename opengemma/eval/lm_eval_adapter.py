@@ -22,9 +22,17 @@ from .scorer import Scorer
 
 @register_model("opengemma")
 class OpenGemmaLM(lm_eval.api.model.LM):
-    def __init__(self, pretrained: str = "gemma-3-270m", dtype: str | None = None, device: str | None = None,
-                 quantize: str | None = None, batch_size: int | str = 16, max_length: int = 2048, llm=None,
-                 **kwargs):
+    def __init__(
+        self,
+        pretrained: str = "gemma-3-270m",
+        dtype: str | None = None,
+        device: str | None = None,
+        quantize: str | None = None,
+        batch_size: int | str = 16,
+        max_length: int = 2048,
+        llm=None,
+        **kwargs,
+    ):
         super().__init__()
         if llm is None:
             import opengemma
@@ -62,8 +70,14 @@ class OpenGemmaLM(lm_eval.api.model.LM):
             max_new = int(kw.pop("max_gen_toks", 256))
             temperature = float(kw.pop("temperature", 0.0)) if kw.pop("do_sample", False) else 0.0
             top_p = float(kw.pop("top_p", 1.0))
-            texts = self.scorer.generate([requests[i].args[0] for i in idx], max_new_tokens=max_new, stop=until,
-                                         temperature=temperature, top_p=top_p, seed=kw.pop("seed", None))
+            texts = self.scorer.generate(
+                [requests[i].args[0] for i in idx],
+                max_new_tokens=max_new,
+                stop=until,
+                temperature=temperature,
+                top_p=top_p,
+                seed=kw.pop("seed", None),
+            )
             for i, t in zip(idx, texts):
                 out[i] = t
         return out

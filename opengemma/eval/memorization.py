@@ -105,8 +105,14 @@ def _line_tokens(text: str, encode: Callable[[str], list[int]]) -> tuple[np.ndar
     return np.asarray(ids, dtype=np.int64), starts
 
 
-def sample_sequences(documents: Sequence[str], encode: Callable[[str], list[int]], n: int, length: int,
-                     unit: str = "document", seed: int = 0) -> list[list[int]]:
+def sample_sequences(
+    documents: Sequence[str],
+    encode: Callable[[str], list[int]],
+    n: int,
+    length: int,
+    unit: str = "document",
+    seed: int = 0,
+) -> list[list[int]]:
     """Up to n token sequences of exactly `length` tokens, drawn without replacement, the same for a seed.
 
     unit="document": the first `length` tokens of each drawn document; shorter documents are skipped.
@@ -131,7 +137,7 @@ def sample_sequences(documents: Sequence[str], encode: Callable[[str], list[int]
             streams.append(ids)
             candidates += [(d, s) for s in starts if s + length <= len(ids)]
         picked = rng.sample(candidates, min(n, len(candidates)))
-        return [streams[d][s:s + length].tolist() for d, s in picked]
+        return [streams[d][s : s + length].tolist() for d, s in picked]
     raise ValueError(f"unknown unit {unit!r}; choose document or window")
 
 
@@ -180,21 +186,30 @@ class MemorizationResult:
         """Everything but the per-sample lists, JSON-ready."""
         ratio = self.approx_count / self.exact_count if self.exact_count else None
         return {
-            "n": self.n, "prefix_len": self.prefix_len, "suffix_len": self.suffix_len,
+            "n": self.n,
+            "prefix_len": self.prefix_len,
+            "suffix_len": self.suffix_len,
             "approx_max_distance": self.max_distance,
             "exact": {"count": self.exact_count, "rate": self.exact_rate, "ci95": list(self.exact_ci)},
             "approx": {"count": self.approx_count, "rate": self.approx_rate, "ci95": list(self.approx_ci)},
             "approx_to_exact_ratio": ratio,
             "distance_histogram": np.bincount(self.distances, minlength=self.suffix_len + 1).tolist()
-            if self.distances else [],
-            "memorized": [{"sample": i, "exact": self.exact[i], "distance": self.distances[i], "text": t}
-                          for i, t in sorted(self.memorized_texts.items())],
+            if self.distances
+            else [],
+            "memorized": [
+                {"sample": i, "exact": self.exact[i], "distance": self.distances[i], "text": t}
+                for i, t in sorted(self.memorized_texts.items())
+            ],
             "findings": self.findings,
         }
 
 
-def score_continuations(continuations: Sequence[Sequence[int]], suffixes: Sequence[Sequence[int]],
-                        approx_fraction: float = 0.1, prefix_len: int = 0) -> MemorizationResult:
+def score_continuations(
+    continuations: Sequence[Sequence[int]],
+    suffixes: Sequence[Sequence[int]],
+    approx_fraction: float = 0.1,
+    prefix_len: int = 0,
+) -> MemorizationResult:
     """Exact and approximate memorization flags of each continuation against its true suffix."""
     if len(continuations) != len(suffixes):
         raise ValueError(f"{len(continuations)} continuations for {len(suffixes)} suffixes")
@@ -212,14 +227,25 @@ def scan_memorized(texts: Mapping[int, str] | Sequence[str]) -> list[dict]:
     """Run the sensitive-data detector over memorized continuations ({sample: text} or a list of texts):
     one dict per finding, {"sample", "kind", "text", "start", "end"}."""
     items = texts.items() if isinstance(texts, Mapping) else enumerate(texts)
-    return [{"sample": i, "kind": f.kind, "text": f.text, "start": f.start, "end": f.end}
-            for i, text in items for f in find_sensitive(text)]
+    return [
+        {"sample": i, "kind": f.kind, "text": f.text, "start": f.start, "end": f.end}
+        for i, text in items
+        for f in find_sensitive(text)
+    ]
 
 
-def evaluate_memorization(model, samples: Sequence[Sequence[int]], prefix_len: int = 50, suffix_len: int = 50,
-                          batch_size: int = 16, bos_id: int | None = 2, progress: bool = True,
-                          decode: Callable[[list[int]], str] | None = None, approx_fraction: float = 0.1,
-                          compile: bool | None = None) -> MemorizationResult:
+def evaluate_memorization(
+    model,
+    samples: Sequence[Sequence[int]],
+    prefix_len: int = 50,
+    suffix_len: int = 50,
+    batch_size: int = 16,
+    bos_id: int | None = 2,
+    progress: bool = True,
+    decode: Callable[[list[int]], str] | None = None,
+    approx_fraction: float = 0.1,
+    compile: bool | None = None,
+) -> MemorizationResult:
     """Greedily continue <bos> + the first prefix_len tokens of each sample by suffix_len tokens and score
     the continuations against the sample's next suffix_len tokens.
 
@@ -232,22 +258,27 @@ def evaluate_memorization(model, samples: Sequence[Sequence[int]], prefix_len: i
 
     short = [i for i, s in enumerate(samples) if len(s) < prefix_len + suffix_len]
     if short:
-        raise ValueError(f"{len(short)} samples are shorter than prefix_len + suffix_len = {prefix_len + suffix_len} "
-                         f"tokens (the first is sample {short[0]})")
+        raise ValueError(
+            f"{len(short)} samples are shorter than prefix_len + suffix_len = {prefix_len + suffix_len} "
+            f"tokens (the first is sample {short[0]})"
+        )
     head = [] if bos_id is None else [bos_id]
     continuations: list[list[int]] = []
     with tqdm(total=len(samples), desc="memorization", unit="seq", disable=not progress) as bar:
         for b in range(0, len(samples), batch_size):
-            prompts = [head + list(s[:prefix_len]) for s in samples[b:b + batch_size]]
+            prompts = [head + list(s[:prefix_len]) for s in samples[b : b + batch_size]]
             # no stop ids: every row runs exactly suffix_len tokens, an <eos> is just a wrong token
             outs = generate(model, prompts, max_new_tokens=suffix_len, temperature=0.0, stop_ids=(), compile=compile)
             continuations += [o.tokens for o in outs]
             bar.update(len(prompts))
     if any(len(c) != suffix_len for c in continuations):
-        raise ValueError(f"the model's context ({model.config.max_seq_len}) has no room for {suffix_len} new tokens "
-                         f"after {len(head) + prefix_len} prompt tokens")
-    result = score_continuations(continuations, [s[prefix_len:prefix_len + suffix_len] for s in samples],
-                                 approx_fraction, prefix_len)
+        raise ValueError(
+            f"the model's context ({model.config.max_seq_len}) has no room for {suffix_len} new tokens "
+            f"after {len(head) + prefix_len} prompt tokens"
+        )
+    result = score_continuations(
+        continuations, [s[prefix_len : prefix_len + suffix_len] for s in samples], approx_fraction, prefix_len
+    )
     if decode is not None:
         result.memorized_texts = {i: decode(c) for i, c in enumerate(continuations) if result.approx[i]}
         result.findings = scan_memorized(result.memorized_texts)
@@ -261,12 +292,19 @@ def _pct(x: float) -> str:
 
 def markdown_table(result: MemorizationResult, title: str = "") -> str:
     n = result.n
-    lines = [f"### Memorization{': ' + title if title else ''}", "",
-             f"{n} samples, {result.prefix_len}-token prompt, {result.suffix_len} greedy tokens; "
-             f"approximate = at most {result.max_distance} token edits (10%).", "",
-             "| | memorized | rate | 95% CI (Wilson) |", "|---|---|---|---|"]
-    for name, k, rate, (lo, hi) in (("exact", result.exact_count, result.exact_rate, result.exact_ci),
-                                    ("approximate", result.approx_count, result.approx_rate, result.approx_ci)):
+    lines = [
+        f"### Memorization{': ' + title if title else ''}",
+        "",
+        f"{n} samples, {result.prefix_len}-token prompt, {result.suffix_len} greedy tokens; "
+        f"approximate = at most {result.max_distance} token edits (10%).",
+        "",
+        "| | memorized | rate | 95% CI (Wilson) |",
+        "|---|---|---|---|",
+    ]
+    for name, k, rate, (lo, hi) in (
+        ("exact", result.exact_count, result.exact_rate, result.exact_ci),
+        ("approximate", result.approx_count, result.approx_rate, result.approx_ci),
+    ):
         lines.append(f"| {name} | {k} / {n} | {_pct(rate)} | [{_pct(lo)}, {_pct(hi)}] |")
     lines.append("")
     if result.exact_count:

@@ -1,5 +1,8 @@
 """Run untrusted, model-written Python (HumanEval-style tasks) in a separate, limited process.
 
+One file because: every protection, and the runner that applies them, is reviewed together (a sandbox split
+over files is easier to weaken unnoticed); tests/eval/test_sandbox.py breaks each one from the outside.
+
     run_python(code, timeout=10.0, *, memory_mb=1024, max_file_mb=16, max_procs=32,
                stdin=None, allow_network=False) -> SandboxResult    # passed = exit 0 within limits
     check_program(program, timeout=10.0, **limits) -> SandboxResult  # passed = ran to its last line
@@ -91,11 +94,27 @@ class SandboxResult:
     note: str = ""  # why, when the status alone does not say
 
 
-def run_python(code: str, timeout: float = 10.0, *, memory_mb: int = 1024, max_file_mb: int = 16,
-               max_procs: int = 32, stdin: str | None = None, allow_network: bool = False) -> SandboxResult:
+def run_python(
+    code: str,
+    timeout: float = 10.0,
+    *,
+    memory_mb: int = 1024,
+    max_file_mb: int = 16,
+    max_procs: int = 32,
+    stdin: str | None = None,
+    allow_network: bool = False,
+) -> SandboxResult:
     """Run `code` as a script in the sandbox; passed means exit status 0 within the limits."""
-    return _run(code, timeout, False, memory_mb=memory_mb, max_file_mb=max_file_mb, max_procs=max_procs,
-                stdin=stdin, allow_network=allow_network)
+    return _run(
+        code,
+        timeout,
+        False,
+        memory_mb=memory_mb,
+        max_file_mb=max_file_mb,
+        max_procs=max_procs,
+        stdin=stdin,
+        allow_network=allow_network,
+    )
 
 
 def check_program(program: str, timeout: float = 10.0, **limits) -> SandboxResult:
@@ -104,8 +123,17 @@ def check_program(program: str, timeout: float = 10.0, **limits) -> SandboxResul
     return _run(program, timeout, True, **limits)
 
 
-def _run(code: str, timeout: float, require_completion: bool, *, memory_mb: int = 1024, max_file_mb: int = 16,
-         max_procs: int = 32, stdin: str | None = None, allow_network: bool = False) -> SandboxResult:
+def _run(
+    code: str,
+    timeout: float,
+    require_completion: bool,
+    *,
+    memory_mb: int = 1024,
+    max_file_mb: int = 16,
+    max_procs: int = 32,
+    stdin: str | None = None,
+    allow_network: bool = False,
+) -> SandboxResult:
     root = tempfile.mkdtemp(prefix="opengemma-sandbox-")  # 0700: config, captured output, evidence
     try:
         uid = _free_uid() if os.geteuid() == 0 else None
@@ -117,16 +145,36 @@ def _run(code: str, timeout: float, require_completion: bool, *, memory_mb: int 
         nonce = secrets.token_hex(16)
         config = os.path.join(root, "config.json")
         with open(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump(dict(code=code, nonce=nonce, timeout=timeout, memory_mb=memory_mb, max_file_mb=max_file_mb,
-                           max_procs=max_procs, allow_network=allow_network, uid=uid, root=root, work=work,
-                           namespaces=_USE_NAMESPACES), f)
+            json.dump(
+                dict(
+                    code=code,
+                    nonce=nonce,
+                    timeout=timeout,
+                    memory_mb=memory_mb,
+                    max_file_mb=max_file_mb,
+                    max_procs=max_procs,
+                    allow_network=allow_network,
+                    uid=uid,
+                    root=root,
+                    work=work,
+                    namespaces=_USE_NAMESPACES,
+                ),
+                f,
+            )
         with open(os.path.join(root, "stdin"), "w+b") as fin:
             fin.write((stdin or "").encode())
             fin.seek(0)
             with open(os.path.join(root, "stdout"), "wb") as fout, open(os.path.join(root, "stderr"), "wb") as ferr:
                 start = time.monotonic()
-                proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), config], stdin=fin,
-                                        stdout=fout, stderr=ferr, cwd=work, env=_ENV, start_new_session=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", os.path.abspath(__file__), config],
+                    stdin=fin,
+                    stdout=fout,
+                    stderr=ferr,
+                    cwd=work,
+                    env=_ENV,
+                    start_new_session=True,
+                )
                 try:
                     timed_out = not _wait_exit(proc.pid, timeout)
                 finally:
@@ -179,8 +227,17 @@ def _kill_all(proc: subprocess.Popen, uid: int | None) -> None:
     # all of them at once. A fork bomb cannot outrun it: the kernel refuses forks with SIGKILL pending.
     deadline = time.monotonic() + 10
     while _pids_of(uid) and time.monotonic() < deadline:
-        subprocess.run(["/bin/sh", "-c", "kill -9 -1"], user=uid, group=uid, extra_groups=[], env={}, cwd="/",
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["/bin/sh", "-c", "kill -9 -1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            env={},
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.01)
 
 
@@ -266,8 +323,13 @@ def _private_mounts(cfg: dict) -> str:
     # An interpreter that lives below /tmp (a venv there) would vanish under the new tmpfs: hold its
     # directories open and bind them back at the same paths afterwards
     masked = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-    keep = sorted({os.path.realpath(d) for d in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))
-                   if any(os.path.realpath(d).startswith(m + os.sep) for m in masked)})
+    keep = sorted(
+        {
+            os.path.realpath(d)
+            for d in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))
+            if any(os.path.realpath(d).startswith(m + os.sep) for m in masked)
+        }
+    )
     held = [(os.open(d, os.O_PATH | os.O_DIRECTORY), d) for d in keep]
     uid, size = cfg["uid"], 4 * cfg["max_file_mb"]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=700,uid={uid},gid={uid}")
@@ -303,8 +365,11 @@ def _block_sockets() -> None:
     inet = (socket.AF_INET, socket.AF_INET6)
 
     def hook(event: str, args: tuple) -> None:
-        if event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg") and args[0].family in inet \
-                or event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex"):
+        if (
+            event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg")
+            and args[0].family in inet
+            or event in ("socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex")
+        ):
             raise PermissionError(f"network is disabled in the sandbox ({event})")
 
     sys.addaudithook(hook)

@@ -32,7 +32,8 @@ _NO_DIGIT_AFTER = r"(?![\w+-]|[ .-]\d|\.\w)"
 # -- email -------------------------------------------------------------------------------------------
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"  # local part, no dot at its ends
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b(?!@)")
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b(?!@)"
+)
 
 
 def _emails(text: str):
@@ -45,11 +46,14 @@ def _emails(text: str):
 # +CC then digit groups: "+44 20 7946 0958", "+1 (415) 555-2671", "+33 1 23 45 67 89". The last group has two
 # digits or more, so that a signed decimal ("+35236450.6") is not a phone number.
 _PHONE_INTL = re.compile(
-    r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){0,5}[ .-]?\d{2,5}" + _NO_DIGIT_AFTER)
+    r"(?<![\w+])\+[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,5}){0,5}[ .-]?\d{2,5}" + _NO_DIGIT_AFTER
+)
 _PHONE_US = re.compile(  # (415) 555-2671, 415-555-2671, 415.555.2671, 415 555 2671; separators required
-    _NO_DIGIT_BEFORE + r"(?:(\()([2-9]\d{2})\) ?|([2-9]\d{2})([ .-]))([2-9]\d{2})([ .-])(\d{4})" + _NO_DIGIT_AFTER)
+    _NO_DIGIT_BEFORE + r"(?:(\()([2-9]\d{2})\) ?|([2-9]\d{2})([ .-]))([2-9]\d{2})([ .-])(\d{4})" + _NO_DIGIT_AFTER
+)
 _PHONE_UK = re.compile(  # 020 7946 0958, 0161 496 0000, 01632 960001, 07700 900123 (national 0 + 9-10 digits)
-    _NO_DIGIT_BEFORE + r"\(?0[1-9]\d{1,4}\)?(?: \d{3,6}){1,2}" + _NO_DIGIT_AFTER)
+    _NO_DIGIT_BEFORE + r"\(?0[1-9]\d{1,4}\)?(?: \d{3,6}){1,2}" + _NO_DIGIT_AFTER
+)
 
 
 def _phones(text: str):
@@ -150,7 +154,7 @@ def _ipv4s(text: str):
             continue
         if octets[0] == "0" and m.group() != "0.0.0.0":  # 0.x.y.z is not routable; "0.12.0.0" is a version
             continue
-        if _VERSION_WORD.search(text[max(0, m.start() - 10):m.start()]):  # "version 1.2.3.4"
+        if _VERSION_WORD.search(text[max(0, m.start() - 10) : m.start()]):  # "version 1.2.3.4"
             continue
         yield "ipv4", m.start(), m.end()
 
@@ -173,21 +177,24 @@ def _ipv6s(text: str):
 
 
 # -- street addresses --------------------------------------------------------------------------------
-_STREET_TYPES = ("Street|Avenue|Road|Lane|Boulevard|Drive|Court|Place|Way|Terrace|Close|Crescent|Square|Parkway|"
-                 "Highway|Circle|Gardens|Row|Mews|Alley")
+_STREET_TYPES = (
+    "Street|Avenue|Road|Lane|Boulevard|Drive|Court|Place|Way|Terrace|Close|Crescent|Square|Parkway|"
+    "Highway|Circle|Gardens|Row|Mews|Alley"
+)
 _STREET_ABBREVIATIONS = "St|Ave|Rd|Ln|Blvd|Dr|Ct|Pl|Sq|Pkwy|Hwy|Cir"  # these keep their period: "12 Main St."
 # A house number (221, 221B, 12-14), then one to four capitalized name words or an ordinal ("5th"), then a
 # street type. Capitalization is required: "in 1999 the street" is not an address.
 _STREET = re.compile(
     r"(?<![\w.,/-])\d{1,5}(?:-\d{1,5})?[A-Za-z]? (?:(?:[A-Z][a-z'’]+|[A-Z]\.|\d{1,3}(?:st|nd|rd|th)) ){1,4}"
-    rf"(?:(?:{_STREET_TYPES})\b|(?:{_STREET_ABBREVIATIONS})\b\.?)")
+    rf"(?:(?:{_STREET_TYPES})\b|(?:{_STREET_ABBREVIATIONS})\b\.?)"
+)
 _COPYRIGHT = re.compile(r"(?:copyright|\(c\)|©)[^\n]{0,40}$", re.I)
 
 
 def _streets(text: str):
     for m in _STREET.finditer(text):
         # "Copyright 2016 Iain Lane": a year and a person's name, not an address
-        if not _COPYRIGHT.search(text[max(0, m.start() - 60):m.start()]):
+        if not _COPYRIGHT.search(text[max(0, m.start() - 60) : m.start()]):
             yield "street_address", m.start(), m.end()
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import asynccontextmanager
 import queue
 import threading
 import time
 import uuid
-from pathlib import Path
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request as HTTPRequest
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,14 +30,22 @@ from ..streaming import TextStream
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={
-            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}})
+        return JSONResponse(
+            status_code=self.status,
+            content={"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}},
+        )
 
 
 @dataclass
@@ -101,15 +110,29 @@ def _params(body: dict, default_max_tokens: int) -> Params:
     )
 
 
-def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_queue: int = 64,
-               max_len: int = 4096, compile: bool | None = None, prefill_chunk: int = 256,
-               sync_every: int | None = None) -> FastAPI:
+def create_app(
+    llm: LLM,
+    model_name: str | None = None,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    max_len: int = 4096,
+    compile: bool | None = None,
+    prefill_chunk: int = 256,
+    sync_every: int | None = None,
+) -> FastAPI:
     if llm.tokenizer is None:
         raise ValueError("serving needs a tokenizer")
     name = model_name or llm.name
     tok = llm.tokenizer
-    sched = Scheduler(llm.model, max_batch=max_batch, max_len=max_len, prefill_chunk=prefill_chunk,
-                      compile=compile, max_queue=max_queue, sync_every=sync_every)
+    sched = Scheduler(
+        llm.model,
+        max_batch=max_batch,
+        max_len=max_len,
+        prefill_chunk=prefill_chunk,
+        compile=compile,
+        max_queue=max_queue,
+        sync_every=sync_every,
+    )
     metrics = Metrics()
     engine = threading.Thread(target=sched.serve_forever, name="opengemma-engine", daemon=True)
 
@@ -146,16 +169,24 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
         if not isinstance(model, str):
             raise APIError(400, "'model' is required and must be a string", param="model")
         if model != name:
-            raise APIError(404, f"model '{model}' does not exist; this server serves '{name}'",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model '{model}' does not exist; this server serves '{name}'",
+                param="model",
+                code="model_not_found",
+            )
         return body
 
     def _launch(ids: list[int], p: Params) -> tuple[Request, asyncio.Queue, TextStream]:
         if len(ids) + p.max_tokens > max_len:
-            raise APIError(400, f"this model's maximum context length is {max_len} tokens; the request has "
-                                f"{len(ids)} prompt tokens and asks for {p.max_tokens} completion tokens "
-                                f"({len(ids) + p.max_tokens} in all)", param="max_tokens",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"this model's maximum context length is {max_len} tokens; the request has "
+                f"{len(ids)} prompt tokens and asks for {p.max_tokens} completion tokens "
+                f"({len(ids) + p.max_tokens} in all)",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         loop = asyncio.get_running_loop()
         out: asyncio.Queue = asyncio.Queue()
         stream = TextStream(tok, p.stop)
@@ -172,13 +203,25 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
                 loop.call_soon_threadsafe(out.put_nowait, ("delta", tail))
             loop.call_soon_threadsafe(out.put_nowait, ("end", r))
 
-        req = Request(ids, max_new_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
-                      stop_ids=tok.stop_ids, on_token=on_token, on_finish=on_finish)
+        req = Request(
+            ids,
+            max_new_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=p.seed,
+            stop_ids=tok.stop_ids,
+            on_token=on_token,
+            on_finish=on_finish,
+        )
         try:
             sched.submit(req)
         except queue.Full:
-            raise APIError(503, f"server is busy: {sched.queued} requests are queued; retry later",
-                           "server_error", code="queue_full") from None
+            raise APIError(
+                503,
+                f"server is busy: {sched.queued} requests are queued; retry later",
+                "server_error",
+                code="queue_full",
+            ) from None
         except (PromptTooLongError, ValueError) as e:
             raise APIError(400, str(e)) from None
         return req, out, stream
@@ -187,8 +230,11 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
         return "stop" if req.finish_reason == "stop" or stream.stopped else "length"
 
     def _usage(n_prompt: int, req: Request) -> dict:
-        return {"prompt_tokens": n_prompt, "completion_tokens": len(req.tokens),
-                "total_tokens": n_prompt + len(req.tokens)}
+        return {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": len(req.tokens),
+            "total_tokens": n_prompt + len(req.tokens),
+        }
 
     async def _respond(http: HTTPRequest, endpoint: str, ids: list[int], p: Params, chat: bool):
         t0 = time.perf_counter()
@@ -219,12 +265,27 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
                 req.cancel()  # no-op when finished; frees the row if the client went away
             record(req, first)
             reason = _finish_reason(req, stream)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": stream.text}, "finish_reason": reason,
-                       "logprobs": None} if chat else
-                      {"index": 0, "text": stream.text, "finish_reason": reason, "logprobs": None})
+            choice = (
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": stream.text},
+                    "finish_reason": reason,
+                    "logprobs": None,
+                }
+                if chat
+                else {"index": 0, "text": stream.text, "finish_reason": reason, "logprobs": None}
+            )
             metrics.count(endpoint, 200)
-            return JSONResponse({"id": rid, "object": obj, "created": created, "model": name, "choices": [choice],
-                                 "usage": _usage(len(ids), req)})
+            return JSONResponse(
+                {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": name,
+                    "choices": [choice],
+                    "usage": _usage(len(ids), req),
+                }
+            )
 
         chunk_obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -243,7 +304,9 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
             first = None
             try:
                 if chat:
-                    yield (f"data: {json.dumps({'id': rid, 'object': chunk_obj, 'created': created, 'model': name, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ''}, 'finish_reason': None, 'logprobs': None}]})}\n\n")
+                    yield (
+                        f"data: {json.dumps({'id': rid, 'object': chunk_obj, 'created': created, 'model': name, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ''}, 'finish_reason': None, 'logprobs': None}]})}\n\n"
+                    )
                 while True:
                     kind, val = await out.get()
                     if kind == "end":
@@ -257,8 +320,9 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
             finally:
                 req.cancel()  # a client that disconnects mid-stream frees its row at the next step
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     page = (Path(__file__).parent / "static" / "chat.html").read_text()
 
@@ -312,13 +376,16 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
 
     @app.get("/metrics")
     async def prometheus():
-        lines = ["# HELP opengemma_requests_total HTTP API requests by endpoint and status",
-                 "# TYPE opengemma_requests_total counter"]
+        lines = [
+            "# HELP opengemma_requests_total HTTP API requests by endpoint and status",
+            "# TYPE opengemma_requests_total counter",
+        ]
         with metrics.lock:
             for (ep, status), n in sorted(metrics.requests.items()):
                 lines.append(f'opengemma_requests_total{{endpoint="{ep}",status="{status}"}} {n}')
             lines += [
-                "# TYPE opengemma_prompt_tokens_total counter", f"opengemma_prompt_tokens_total {metrics.prompt_tokens}",
+                "# TYPE opengemma_prompt_tokens_total counter",
+                f"opengemma_prompt_tokens_total {metrics.prompt_tokens}",
                 "# TYPE opengemma_completion_tokens_total counter",
                 f"opengemma_completion_tokens_total {metrics.completion_tokens}",
                 "# TYPE opengemma_request_latency_seconds summary",
@@ -328,8 +395,12 @@ def create_app(llm: LLM, model_name: str | None = None, max_batch: int = 8, max_
                 f"opengemma_time_to_first_token_seconds_sum {metrics.ttft_sum:.6f}",
                 f"opengemma_time_to_first_token_seconds_count {metrics.ttft_count}",
             ]
-        lines += ["# TYPE opengemma_queue_depth gauge", f"opengemma_queue_depth {sched.queued}",
-                  "# TYPE opengemma_active_requests gauge", f"opengemma_active_requests {sched.active}"]
+        lines += [
+            "# TYPE opengemma_queue_depth gauge",
+            f"opengemma_queue_depth {sched.queued}",
+            "# TYPE opengemma_active_requests gauge",
+            f"opengemma_active_requests {sched.active}",
+        ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     return app

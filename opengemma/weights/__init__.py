@@ -35,8 +35,11 @@ def check_names(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int
     """Strict accounting: missing, unexpected and mis-shaped tensors are one clear error that names them."""
     missing = set(expected) - set(found)
     unexpected = set(found) - set(expected)
-    wrong = [f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}"
-             for k in sorted(set(expected) & set(found)) if tuple(expected[k]) != tuple(found[k])]
+    wrong = [
+        f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(expected[k]) != tuple(found[k])
+    ]
     problems = []
     if missing:
         problems.append(f"missing tensors: {_short(missing)}")

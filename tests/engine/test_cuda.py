@@ -5,6 +5,7 @@
 
 Without a GPU these fail (they are not skipped into green once asked for); the default run leaves them out.
 """
+
 import copy
 
 import pytest
@@ -13,7 +14,8 @@ from helpers import gemv_reference, tiny_model
 
 from opengemma.engine.generate import compiled_decode_step, decode_compile_options, generate, set_gemv
 from opengemma.engine.scheduler import Request, Scheduler
-from opengemma.quantize import Int4Linear, Int8Linear, prepare_quantized, quantize_model
+from opengemma.qlinear import Int4Linear, Int8Linear
+from opengemma.quantize import prepare_quantized, quantize_model
 
 pytestmark = pytest.mark.cuda
 DEV = torch.device("cuda")
@@ -58,8 +60,9 @@ def test_cuda_graph_decode_equals_eager_and_never_skips_the_graph():
         compiled = generate(model, prompts, max_new_tokens=24, compile=True)
         assert [o.tokens for o in compiled] == [o.tokens for o in eager]
     kw = dict(max_new_tokens=16, temperature=0.9, top_k=20, top_p=0.9, seed=4)
-    assert [o.tokens for o in generate(model, PROMPTS, compile=True, **kw)] == \
-        [o.tokens for o in generate(model, PROMPTS, compile=False, **kw)]
+    assert [o.tokens for o in generate(model, PROMPTS, compile=True, **kw)] == [
+        o.tokens for o in generate(model, PROMPTS, compile=False, **kw)
+    ]
     assert cudagraph_skips() == skips, "the decode step fell back from CUDA graphs"
 
 
@@ -110,8 +113,8 @@ def test_cuda_ring_buffer_equals_full_attention_over_several_windows(name):
     with torch.inference_mode():
         full = model(tok)
         model.setup_cache(2, T, prefill_chunk=chunk)
-        parts = [model(tok[:, s:s + chunk], torch.arange(s, s + chunk, device=DEV)) for s in range(0, 21, chunk)]
-        parts += [model(tok[:, t:t + 1], torch.tensor([t], device=DEV)) for t in range(21, T)]
+        parts = [model(tok[:, s : s + chunk], torch.arange(s, s + chunk, device=DEV)) for s in range(0, 21, chunk)]
+        parts += [model(tok[:, t : t + 1], torch.tensor([t], device=DEV)) for t in range(21, T)]
         model.clear_cache()
     cached = torch.cat(parts, dim=1)
     assert (cached - full).abs().max() <= 1e-4 * full.abs().max()
@@ -154,15 +157,17 @@ def test_cuda_quantized_model_matches_the_cpu_kernels_and_compiles(mode, embeddi
     assert (a - b).abs().max() <= 0.05 * a.abs().max()  # same weights, bf16 activations, other kernels
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
     # teacher-forced decode, eager vs compiled (CUDA graphs): the same logits up to bf16 rounding
-    step = torch.compile(lambda m, t, p: m(t, p)[:, -1].float(), fullgraph=True, dynamic=False,
-                         options=decode_compile_options(DEV))
+    step = torch.compile(
+        lambda m, t, p: m(t, p)[:, -1].float(), fullgraph=True, dynamic=False, options=decode_compile_options(DEV)
+    )
     outs = {}
     with torch.inference_mode():
         for label, fn in (("eager", lambda m, t, p: m(t, p)[:, -1].float()), ("compiled", step)):
             gpu.setup_cache(2, 64, prefill_chunk=8)
             gpu(tok[:, :8].to(DEV), torch.arange(8, device=DEV))
-            outs[label] = torch.stack([fn(gpu, tok[:, t:t + 1].to(DEV), torch.tensor([t], device=DEV)).clone()
-                                       for t in range(8, 30)])
+            outs[label] = torch.stack(
+                [fn(gpu, tok[:, t : t + 1].to(DEV), torch.tensor([t], device=DEV)).clone() for t in range(8, 30)]
+            )
     e, c = outs["eager"], outs["compiled"]
     assert (e - c).abs().max() <= 0.05 * e.abs().max()
     assert (e.argmax(-1) == c.argmax(-1)).float().mean() >= 0.9
@@ -185,7 +190,6 @@ def test_cuda_gemv_kernel_equals_float64(fmt, M, N, K):
 
 @pytest.mark.parametrize("mode", [None, "int8", "int4"])
 def test_cuda_gemv_decode_compiled_equals_eager_in_one_graph(mode):
-    from opengemma import kernels
 
     model = tiny_model("tiny-gemma3", std=0.1, **WIDE)
     if mode is not None:

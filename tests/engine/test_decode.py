@@ -1,5 +1,6 @@
 """The static decode path: ring-buffer sliding-window caches, chunked prefill, the compiled decode step (no
 graph breaks, recompiled when caches or the model change), rows joining a running batch."""
+
 import pytest
 import torch
 from helpers import explain_decode_step, tiny_model
@@ -16,14 +17,14 @@ def test_ring_buffer_equals_full_attention_over_several_windows(name, chunk):
     with torch.inference_mode():
         full = model(tok)
         model.setup_cache(2, T, prefill_chunk=chunk)
-        local = next(l.attn.kv_cache for l in model.layers if l.attn.is_local)
+        local = next(layer.attn.kv_cache for layer in model.layers if layer.attn.is_local)
         assert local.k.shape[2] == 8 + chunk < T  # a ring, not the full length
         parts = []
         for s in range(0, 20, chunk):  # chunked prefill, then one token at a time
             e = min(s + chunk, 20)
             parts.append(model(tok[:, s:e], torch.arange(s, e)))
         for t in range(20, T):
-            parts.append(model(tok[:, t:t + 1], torch.tensor([t])))
+            parts.append(model(tok[:, t : t + 1], torch.tensor([t])))
         model.clear_cache()
     cached = torch.cat(parts, dim=1)
     assert (cached - full).abs().max().item() <= 1e-4
@@ -54,8 +55,9 @@ def test_compiled_decode_gives_the_same_tokens_as_eager():
     compiled = generate(model, prompts, max_new_tokens=24, compile=True, prefill_chunk=8)
     assert [o.tokens for o in compiled] == [o.tokens for o in eager]
     kw = dict(max_new_tokens=16, temperature=0.9, top_k=20, top_p=0.9, seed=4, prefill_chunk=8)
-    assert [o.tokens for o in generate(model, prompts, compile=True, **kw)] == \
-        [o.tokens for o in generate(model, prompts, compile=False, **kw)]
+    assert [o.tokens for o in generate(model, prompts, compile=True, **kw)] == [
+        o.tokens for o in generate(model, prompts, compile=False, **kw)
+    ]
 
 
 def test_compiled_decode_follows_cache_changes_and_each_model_keeps_its_own():
@@ -69,11 +71,19 @@ def test_compiled_decode_follows_cache_changes_and_each_model_keeps_its_own():
     c = copy.deepcopy(a).to(torch.bfloat16)  # same shapes, another dtype: a's graph would be wrong for it
     d = quantize_model(copy.deepcopy(a), "int8", dtype=torch.float32)  # same caches, other modules
     two, one = [list(range(2, 30)), [2, 9, 10, 11]], [[2, 50, 51, 52, 53]]
-    for model, prompts, chunk in ((a, two, 8), (a, one, 8), (a, two, 4), (b, two, 8), (c, two, 8), (d, two, 8),
-                                  (a, two, 8)):
+    for model, prompts, chunk in (
+        (a, two, 8),
+        (a, one, 8),
+        (a, two, 4),
+        (b, two, 8),
+        (c, two, 8),
+        (d, two, 8),
+        (a, two, 8),
+    ):
         kw = dict(max_new_tokens=12, prefill_chunk=chunk)
-        assert [o.tokens for o in generate(model, prompts, compile=True, **kw)] == \
-            [o.tokens for o in generate(model, prompts, compile=False, **kw)], (model.config.name, len(prompts), chunk)
+        assert [o.tokens for o in generate(model, prompts, compile=True, **kw)] == [
+            o.tokens for o in generate(model, prompts, compile=False, **kw)
+        ], (model.config.name, len(prompts), chunk)
 
 
 def test_compiled_decode_notices_a_model_changed_in_place():
@@ -86,8 +96,9 @@ def test_compiled_decode_notices_a_model_changed_in_place():
 
     def same():
         kw = dict(max_new_tokens=12, prefill_chunk=8)
-        return [o.tokens for o in generate(model, prompts, compile=True, **kw)] == \
-            [o.tokens for o in generate(model, prompts, compile=False, **kw)]
+        return [o.tokens for o in generate(model, prompts, compile=True, **kw)] == [
+            o.tokens for o in generate(model, prompts, compile=False, **kw)
+        ]
 
     assert same()
     quantize_model(model, "int8", dtype=torch.float32)  # the same object
@@ -123,9 +134,14 @@ def test_rows_join_a_running_batch_at_any_step(name):
                 start = clock - len(prompts[i])
                 pads[row] = start
                 for s in range(0, len(prompts[i]), chunk):
-                    ids = prompts[i][s:s + chunk]
-                    logits = model(torch.tensor([ids]), torch.arange(start + s, start + s + len(ids)),
-                                   pad=pads[row:row + 1], row=row, last_only=True)
+                    ids = prompts[i][s : s + chunk]
+                    logits = model(
+                        torch.tensor([ids]),
+                        torch.arange(start + s, start + s + len(ids)),
+                        pad=pads[row : row + 1],
+                        row=row,
+                        last_only=True,
+                    )
                 nxt[row] = logits[0, -1].argmax()
             for row, i in enumerate(owner):  # record, and free rows that are done
                 if i is not None:

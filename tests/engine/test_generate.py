@@ -1,5 +1,6 @@
 """generate()'s behaviour on tiny random models (token ids; text is tested with the real model): greedy equals
 the uncached argmax loop, ragged batches equal one prompt at a time, seeded sampling, stops, limits."""
+
 import pytest
 import torch
 from helpers import tiny_model
@@ -15,7 +16,7 @@ def test_greedy_generate_equals_uncached_argmax_loop():
     with torch.no_grad():
         for _ in range(20):
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    assert out.tokens == seq[len(prompt):] and out.finish_reason == "length"
+    assert out.tokens == seq[len(prompt) :] and out.finish_reason == "length"
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma", "tiny-gemma2", "tiny-gemma3"])

@@ -1,6 +1,7 @@
 """Generation with the real default model (Gemma 3 270M, pretrained, Q4_K_M GGUF from PyPI): greedy tokens equal
 transformers', a batch equals one prompt at a time, stop strings, streamed deltas concatenate to the text,
 the chat format, prefills that reuse memory. The llm and hf_model fixtures are tests/conftest.py's."""
+
 import json
 import os
 import subprocess
@@ -18,8 +19,8 @@ def test_greedy_capital_of_france(llm, hf_model):
         top = llm.model(torch.tensor([ids]))[0, -1].topk(5).indices.tolist()
     assert 9079 in top  # "▁Paris"
     text, out = llm.generate("The capital of France is", max_new_tokens=20, return_outputs=True)
-    ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids):].tolist()
-    assert out.tokens == ref[:len(out.tokens)]
+    ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids) :].tolist()
+    assert out.tokens == ref[: len(out.tokens)]
     assert "France" in text or "Paris" in text
 
 
@@ -31,13 +32,18 @@ def test_batch_equals_single_and_stop_strings(llm):
     full = batch[1]
     stop = full.strip().split("\n")[1][:6]  # a string that does occur in the continuation
     cut = llm.generate(prompts[1], max_new_tokens=24, stop=[stop, "zzzz-never"])
-    assert stop not in cut and full.startswith(cut) and full[len(cut):].startswith(stop)
+    assert stop not in cut and full.startswith(cut) and full[len(cut) :].startswith(stop)
 
 
 def test_streaming_callback_concatenates_to_text(llm):
     deltas = {0: [], 1: []}
-    texts = llm.generate(["Emoji party: 🎉🎉", "Korean: 안녕하세요"], max_new_tokens=24, temperature=0.8, seed=7,
-                         callback=lambda i, d: deltas[i].append(d))
+    texts = llm.generate(
+        ["Emoji party: 🎉🎉", "Korean: 안녕하세요"],
+        max_new_tokens=24,
+        temperature=0.8,
+        seed=7,
+        callback=lambda i, d: deltas[i].append(d),
+    )
     for i, t in enumerate(texts):
         assert "".join(deltas[i]) == t and "\ufffd" not in "".join(deltas[i][:-1])
     again = llm.generate(["Emoji party: 🎉🎉", "Korean: 안녕하세요"], max_new_tokens=24, temperature=0.8, seed=7)
@@ -47,8 +53,9 @@ def test_streaming_callback_concatenates_to_text(llm):
 def test_chat_format_runs(llm):
     ids, mask = llm.tokenizer.encode_chat([{"role": "user", "content": "Hi"}])
     assert ids[:7] == [2, 105, 2364, 107, 10979, 106, 107]
-    reply = llm.chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
-                     max_new_tokens=16)
+    reply = llm.chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}], max_new_tokens=16
+    )
     assert isinstance(reply, str)
 
 
@@ -74,7 +81,12 @@ def test_repeated_prefills_reuse_memory_instead_of_faulting_in_new_pages():
     """With glibc's defaults, each 512-token prefill of the default model faulted in 20-300 MB of fresh zeroed
     pages for its temporaries (unmapped again on free), up to 1.6x slower; keep_freed_memory() at load makes
     later prefills reuse the memory. Over the last 4 of 6 prefills: at most 8 MB of page faults."""
-    out = subprocess.run([sys.executable, "-c", PREFILL_FAULTS], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    out = subprocess.run(
+        [sys.executable, "-c", PREFILL_FAULTS],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert sum(counts[2:]) * 4096 <= 8 << 20, counts

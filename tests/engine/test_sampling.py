@@ -1,4 +1,5 @@
 """Sampling (engine/sampling.py): greedy and degenerate filters, the sampled distribution, top-k / top-p, mixed rows."""
+
 import pytest
 import torch
 
@@ -46,6 +47,7 @@ def test_sampling_matches_the_distribution(max_k):
 
 def test_mixed_rows_in_one_batch():
     logits = torch.randn(3, 50)
-    out = sample(logits, torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0, 0, 0]), torch.tensor([1.0, 1.0, 1.0]),
-                 uniform(3))
+    out = sample(
+        logits, torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0, 0, 0]), torch.tensor([1.0, 1.0, 1.0]), uniform(3)
+    )
     assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()

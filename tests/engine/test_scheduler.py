@@ -1,20 +1,26 @@
 """Continuous batching: requests join and leave a running batch; each output is what it would be alone."""
+
 import queue
 import threading
 
 import pytest
-import torch
 from helpers import tiny_model
 
 from opengemma.engine.generate import PromptTooLongError, generate
 from opengemma.engine.scheduler import Request, Scheduler
 
-PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 77, 78, 79, 80, 81], [2, 9],
-           [2, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116]]
+PROMPTS = [
+    [2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+    [2, 40, 41],
+    [2, 77, 78, 79, 80, 81],
+    [2, 9],
+    [2, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116],
+]
 
 
-@pytest.mark.parametrize("name,sync_every", [("tiny-gemma", 1), ("tiny-gemma2", 1), ("tiny-gemma3", 1),
-                                             ("tiny-gemma3", 3)])
+@pytest.mark.parametrize(
+    "name,sync_every", [("tiny-gemma", 1), ("tiny-gemma2", 1), ("tiny-gemma3", 1), ("tiny-gemma3", 3)]
+)
 def test_staggered_requests_equal_generating_alone(name, sync_every):
     model = tiny_model(name, std=0.3)
     lengths = [14, 5, 20, 9, 11]
@@ -52,7 +58,7 @@ def test_stop_ids_on_token_and_cancel_free_rows():
     sched = Scheduler(model, max_batch=1, max_len=64)
     r1 = sched.submit(Request(PROMPTS[0], max_new_tokens=10, stop_ids=[free[4]]))
     sched.run_until_idle()
-    assert r1.tokens == free[:free.index(free[4])] and r1.finish_reason == "stop"
+    assert r1.tokens == free[: free.index(free[4])] and r1.finish_reason == "stop"
     seen = []
     r2 = sched.submit(Request(PROMPTS[0], max_new_tokens=10, on_token=lambda t: seen.append(t) or len(seen) == 3))
     sched.run_until_idle()
@@ -60,7 +66,8 @@ def test_stop_ids_on_token_and_cancel_free_rows():
     # a cancelled request leaves its row at the next step and the next one is admitted
     r3 = sched.submit(Request(PROMPTS[1], max_new_tokens=50))
     r4 = sched.submit(Request(PROMPTS[0], max_new_tokens=4))
-    sched.step(); sched.step()
+    sched.step()
+    sched.step()
     assert sched.rows[0] is r3
     r3.cancel()
     sched.step()
@@ -72,7 +79,9 @@ def test_stop_ids_on_token_and_cancel_free_rows():
 def test_bad_requests_and_queue_limit():
     model = tiny_model("tiny-gemma3", std=0.3)
     sched = Scheduler(model, max_batch=1, max_len=32, max_queue=2)
-    with pytest.raises(PromptTooLongError, match=r"prompt \(30 tokens\) \+ max_new_tokens \(8\) = 38 exceeds the context of 32"):
+    with pytest.raises(
+        PromptTooLongError, match=r"prompt \(30 tokens\) \+ max_new_tokens \(8\) = 38 exceeds the context of 32"
+    ):
         sched.submit(Request([2] * 30, max_new_tokens=8))
     with pytest.raises(ValueError, match="at least 1"):
         sched.submit(Request([2, 3], max_new_tokens=0))

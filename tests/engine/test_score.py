@@ -1,5 +1,6 @@
 """The exact scorer (engine.score, behind evaluation): shared-prefix batched log-likelihoods equal scoring each
 request alone."""
+
 import random
 
 import pytest

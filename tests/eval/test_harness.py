@@ -1,5 +1,6 @@
 """The evaluation harness: each task kind against hand-worked examples (stub scorers), pass@k against its
 closed form, MMLU's shot selection, BBQ's bias score, and a full run that writes results.json/md/png."""
+
 import json
 import math
 import random
@@ -8,8 +9,18 @@ from itertools import product
 import pytest
 
 from opengemma.eval.harness import evaluate, run_task, sample_items
-from opengemma.eval.tasks.base import (CodeItem, CodeTask, GenerateTask, GenItem, MCItem, MultipleChoiceTask,
-                                       PerplexityTask, TextItem, majority, pass_at_k)
+from opengemma.eval.tasks.base import (
+    CodeItem,
+    CodeTask,
+    GenerateTask,
+    GenItem,
+    MCItem,
+    MultipleChoiceTask,
+    PerplexityTask,
+    TextItem,
+    majority,
+    pass_at_k,
+)
 
 
 class StubScorer:
@@ -63,8 +74,10 @@ def test_partial_scoring_contexts_per_choice():
     stub = StubScorer(logprobs={" was rich.": -1.0, " end": -1.0})
     run_task(task, stub, shots=1, seed=0)
     shot = "x B end\n\n"  # a shot is written with its right context and the continuation
-    assert stub.asked[:2] == [(shot + "Ann lent Bea money because Ann", " was rich."),
-                              (shot + "Ann lent Bea money because Bea", " was rich.")]
+    assert stub.asked[:2] == [
+        (shot + "Ann lent Bea money because Ann", " was rich."),
+        (shot + "Ann lent Bea money because Bea", " was rich."),
+    ]
 
 
 class ToyGen(Listed, GenerateTask):
@@ -76,6 +89,7 @@ class ToyGen(Listed, GenerateTask):
 
     def extract(self, text):
         import re
+
         m = re.findall(r"-?\d+", text)
         return m[-1] if m else None
 
@@ -107,12 +121,14 @@ def test_code_task_runs_completions_in_the_sandbox():
     test = "def check(f):\n    assert f(2) == 4\n    assert f(-1) == 1\n"
     prompts = [f"def sq{i}(x):\n" for i in range(4)]
     items = [CodeItem(f"t{i}", p, test, entry_point=f"sq{i}") for i, p in enumerate(prompts)]
-    stub = StubScorer(generations={
-        prompts[0]: "    return x * x\n",  # right
-        prompts[1]: "    return 2 * x\n",  # wrong
-        prompts[2]: "    import os\n    os._exit(0)\n",  # exits 0 before any test ran: not a pass
-        prompts[3]: "    while True:\n        pass\nsq3(1)\n",  # never finishes
-    })
+    stub = StubScorer(
+        generations={
+            prompts[0]: "    return x * x\n",  # right
+            prompts[1]: "    return 2 * x\n",  # wrong
+            prompts[2]: "    import os\n    os._exit(0)\n",  # exits 0 before any test ran: not a pass
+            prompts[3]: "    while True:\n        pass\nsq3(1)\n",  # never finishes
+        }
+    )
     task = ToyCode(items)
     task.timeout = 2.0
     metrics, records = run_task(task, stub, shots=0)
@@ -144,13 +160,22 @@ def test_bbq_bias_score_hand_worked():
     from opengemma.eval.tasks.bigbench import BBQ
 
     def item(cond, polarity, groups, stereo, label):
-        return MCItem("", [" x", " y", " z"], label, meta={"category": "Age", "condition": cond, "polarity": polarity,
-                                                           "groups": groups, "stereotyped": stereo})
+        return MCItem(
+            "",
+            [" x", " y", " z"],
+            label,
+            meta={"category": "Age", "condition": cond, "polarity": polarity, "groups": groups, "stereotyped": stereo},
+        )
 
     g = ["old", "nonold", "unknown"]
-    items = [item("ambig", "neg", g, ["old"], 2), item("ambig", "neg", g, ["old"], 2),
-             item("ambig", "nonneg", g, ["old"], 2), item("ambig", "neg", g, ["old"], 2),
-             item("disambig", "neg", g, ["old"], 0), item("disambig", "nonneg", g, ["old"], 1)]
+    items = [
+        item("ambig", "neg", g, ["old"], 2),
+        item("ambig", "neg", g, ["old"], 2),
+        item("ambig", "nonneg", g, ["old"], 2),
+        item("ambig", "neg", g, ["old"], 2),
+        item("disambig", "neg", g, ["old"], 0),
+        item("disambig", "nonneg", g, ["old"], 1),
+    ]
     picks = [0, 1, 1, 2, 0, 0]  # the model's choices
     records = [BBQ.score(it, [(0.0 if j == p else -1.0, False, 1) for j in range(3)]) for it, p in zip(items, picks)]
     out = BBQ.aggregate(None, items, records)
@@ -165,11 +190,30 @@ def test_bbq_bias_score_hand_worked():
 def test_mmlu_shots_same_subject_fixed_never_the_question(tmp_path):
     from opengemma.eval.tasks.mmlu import MMLU
 
-    rows = [{"question": "question", "answer_a": "answer_a", "answer_b": "b", "answer_c": "c", "answer_d": "d",
-             "correct_answer": "answer", "topic": "topic"}]
+    rows = [
+        {
+            "question": "question",
+            "answer_a": "answer_a",
+            "answer_b": "b",
+            "answer_c": "c",
+            "answer_d": "d",
+            "correct_answer": "answer",
+            "topic": "topic",
+        }
+    ]
     for subject, n in (("astronomy", 8), ("world religions", 3)):
-        rows += [{"question": f"{subject} q{i}?", "answer_a": "w", "answer_b": "x", "answer_c": "y", "answer_d": "z",
-                  "correct_answer": "ABCD"[i % 4], "topic": subject} for i in range(n)]
+        rows += [
+            {
+                "question": f"{subject} q{i}?",
+                "answer_a": "w",
+                "answer_b": "x",
+                "answer_c": "y",
+                "answer_d": "z",
+                "correct_answer": "ABCD"[i % 4],
+                "topic": subject,
+            }
+            for i in range(n)
+        ]
     path = tmp_path / "mmlu.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     task = MMLU(path)

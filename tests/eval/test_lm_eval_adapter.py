@@ -1,5 +1,6 @@
 """opengemma as an lm-evaluation-harness model: a local multiple-choice task through lm_eval.simple_evaluate
 gives the same per-item log-likelihoods and accuracy as the native harness on the same items."""
+
 import json
 import os
 
@@ -24,8 +25,8 @@ def test_local_task_through_simple_evaluate_equals_native(tmp_path):
 
     import opengemma
     from opengemma.eval.harness import run_task
-    from opengemma.eval.scorer import Scorer
     from opengemma.eval.lm_eval_adapter import OpenGemmaLM
+    from opengemma.eval.scorer import Scorer
     from opengemma.eval.tasks.base import MCItem, MultipleChoiceTask
 
     data = tmp_path / "toy.jsonl"
@@ -45,8 +46,9 @@ metric_list:
 """)
     llm = opengemma.load("gemma-3-270m", progress=False)
     model = OpenGemmaLM(llm=llm, batch_size=4)
-    out = lm_eval.simple_evaluate(model=model, tasks=["opengemma_toy_mc"],
-                                  task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True)
+    out = lm_eval.simple_evaluate(
+        model=model, tasks=["opengemma_toy_mc"], task_manager=TaskManager(include_path=str(tmp_path)), log_samples=True
+    )
     theirs = out["results"]["opengemma_toy_mc"]["acc,none"]
     their_lp = [[r[0][0] for r in s["resps"]] for s in out["samples"]["opengemma_toy_mc"]]
 
@@ -67,8 +69,8 @@ def test_rolling_and_generate_until():
     from lm_eval.api.instance import Instance
 
     import opengemma
-    from opengemma.eval.scorer import Scorer
     from opengemma.eval.lm_eval_adapter import OpenGemmaLM
+    from opengemma.eval.scorer import Scorer
 
     llm = opengemma.load("gemma-3-270m", progress=False)
     model = OpenGemmaLM(llm=llm, max_length=16)
@@ -78,6 +80,7 @@ def test_rolling_and_generate_until():
     # every token predicted once, in windows of 16 (15 context + the predicted tokens)
     expect = Scorer(llm, max_len=16, progress=False).rolling_tokens([ids], stride=15)[0][0]
     assert lp == pytest.approx(expect) and lp < 0
-    gen = model.generate_until([Instance("generate_until", {}, ("The capital of France is", {"until": ["."],
-                                                                                               "max_gen_toks": 12}), 0)])
+    gen = model.generate_until(
+        [Instance("generate_until", {}, ("The capital of France is", {"until": ["."], "max_gen_toks": 12}), 0)]
+    )
     assert gen == [llm.generate("The capital of France is", max_new_tokens=12, stop=["."])]

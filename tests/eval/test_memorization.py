@@ -1,5 +1,6 @@
 """The memorization study: edit distance, thresholds, Wilson intervals, corpus sampling, and a tiny model
 trained to memorize four documents (text through a character tokenizer) evaluated end to end."""
+
 import functools
 import json
 import random
@@ -11,9 +12,15 @@ import torch.nn.functional as F
 import opengemma.cli
 from opengemma.api import LLM
 from opengemma.config import GemmaConfig
-from opengemma.eval.memorization import (evaluate_memorization, read_corpus, sample_sequences,
-                                         scan_memorized, score_continuations, token_edit_distance,
-                                         wilson_interval)
+from opengemma.eval.memorization import (
+    evaluate_memorization,
+    read_corpus,
+    sample_sequences,
+    scan_memorized,
+    score_continuations,
+    token_edit_distance,
+    wilson_interval,
+)
 from opengemma.model import Gemma
 
 CHARS = "".join(map(chr, range(32, 127))) + "\n"
@@ -21,6 +28,7 @@ CHARS = "".join(map(chr, range(32, 127))) + "\n"
 
 class CharTokenizer:
     """One token per character, ids 10.. (clear of pad/eos/bos), inside tiny-gemma3's vocabulary of 512."""
+
     bos_id = 2
 
     def encode(self, text, bos=False):
@@ -78,16 +86,21 @@ def memorizing_model() -> Gemma:
 
 
 # -- edit distance, thresholds, intervals ------------------------------------------------------------
-@pytest.mark.parametrize("a, b, d", [
-    ("kitten", "sitting", 3),  # k->s, e->i, +g
-    ("flaw", "lawn", 2),  # -f, +n
-    ("intention", "execution", 5),
-    ("", "abc", 3), ("abc", "", 3), ("", "", 0),
-    ("abc", "abc", 0),
-    ("abcdef", "bcdefa", 2),  # a rotation: delete at one end, insert at the other
-    ([1, 2, 3], [1, 3], 1),
-    ([7] * 5, [8] * 5, 5),
-])
+@pytest.mark.parametrize(
+    "a, b, d",
+    [
+        ("kitten", "sitting", 3),  # k->s, e->i, +g
+        ("flaw", "lawn", 2),  # -f, +n
+        ("intention", "execution", 5),
+        ("", "abc", 3),
+        ("abc", "", 3),
+        ("", "", 0),
+        ("abc", "abc", 0),
+        ("abcdef", "bcdefa", 2),  # a rotation: delete at one end, insert at the other
+        ([1, 2, 3], [1, 3], 1),
+        ([7] * 5, [8] * 5, 5),
+    ],
+)
 def test_edit_distance_hand_worked(a, b, d):
     ids = lambda s: [ord(c) for c in s] if isinstance(s, str) else s
     assert token_edit_distance(ids(a), ids(b)) == d
@@ -101,6 +114,7 @@ def test_edit_distance_matches_the_textbook_recursion():
             if i == 0 or j == 0:
                 return i + j
             return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
         return d(len(a), len(b))
 
     rng = random.Random(0)
@@ -196,8 +210,7 @@ def test_memorized_documents_are_found_and_unseen_ones_are_not():
     seen = [TOK.encode(d) for d in SEEN]
     unseen = [TOK.encode(random_text(100, seed)) for seed in range(4)]
     # the paper's defaults (50 + 50); a batch of 3 splits seen and unseen across batches
-    r = evaluate_memorization(model, seen + unseen, batch_size=3, bos_id=TOK.bos_id, progress=False,
-                              decode=TOK.decode)
+    r = evaluate_memorization(model, seen + unseen, batch_size=3, bos_id=TOK.bos_id, progress=False, decode=TOK.decode)
     assert (r.prefix_len, r.suffix_len, r.max_distance) == (50, 50, 5)
     assert r.exact == [True] * 4 + [False] * 4
     assert r.approx == r.exact
@@ -207,8 +220,11 @@ def test_memorized_documents_are_found_and_unseen_ones_are_not():
     # the detector ran over the memorized continuations, and only those
     assert sorted(r.memorized_texts) == [0, 1, 2, 3]
     found = {(f["sample"], f["kind"], f["text"]) for f in r.findings}
-    assert found == {(0, "email", "bob.jones@example.org"), (1, "phone", "(415) 555-2671"),
-                     (2, "credit_card", "4111 1111 1111 1111")}
+    assert found == {
+        (0, "email", "bob.jones@example.org"),
+        (1, "phone", "(415) 555-2671"),
+        (2, "credit_card", "4111 1111 1111 1111"),
+    }
     summary = r.summary()
     assert summary["exact"]["count"] == 4 and summary["approx_to_exact_ratio"] == 1.0
     assert summary["distance_histogram"][0] == 4 and len(summary["memorized"]) == 4
@@ -216,8 +232,9 @@ def test_memorized_documents_are_found_and_unseen_ones_are_not():
 
 def test_shorter_prompts_and_too_short_samples():
     model = memorizing_model()
-    r = evaluate_memorization(model, [TOK.encode(d)[30:70] for d in SEEN], prefix_len=20, suffix_len=20,
-                              bos_id=None, progress=False)
+    r = evaluate_memorization(
+        model, [TOK.encode(d)[30:70] for d in SEEN], prefix_len=20, suffix_len=20, bos_id=None, progress=False
+    )
     assert r.suffix_len == 20 and r.max_distance == 2 and len(r.continuations[0]) == 20
     with pytest.raises(ValueError, match="shorter"):
         evaluate_memorization(model, [TOK.encode(SEEN[0])[:99]], progress=False)
@@ -246,7 +263,8 @@ def test_prompts_are_bos_plus_prefix_and_generation_is_greedy_without_stops(monk
 
 def test_scan_memorized_takes_a_mapping_or_a_list():
     assert scan_memorized({7: "mail a.b@example.com now"}) == [
-        {"sample": 7, "kind": "email", "text": "a.b@example.com", "start": 5, "end": 20}]
+        {"sample": 7, "kind": "email", "text": "a.b@example.com", "start": 5, "end": 20}
+    ]
     assert scan_memorized(["nothing here", "call +44 20 7946 0958"])[0]["sample"] == 1
 
 
@@ -256,8 +274,21 @@ def test_cli_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     for i, d in enumerate(SEEN):
         (corpus / f"{i}.txt").write_text(d)
     (corpus / "short.txt").write_text("too short to test")
-    args = opengemma.cli.build_parser().parse_args(["eval-memorization", "--corpus", str(corpus), "-n", "10", "--batch-size", "2",
-                              "--output", str(tmp_path / "out"), "-q", "int8"])
+    args = opengemma.cli.build_parser().parse_args(
+        [
+            "eval-memorization",
+            "--corpus",
+            str(corpus),
+            "-n",
+            "10",
+            "--batch-size",
+            "2",
+            "--output",
+            str(tmp_path / "out"),
+            "-q",
+            "int8",
+        ]
+    )
     assert (args.model, args.prefix_len, args.suffix_len, args.quantize) == ("gemma-3-270m", 50, 50, "int8")
     llm = LLM(memorizing_model(), TOK, name="tiny-memorizer")
     monkeypatch.setattr(opengemma.cli, "_load", lambda a, **k: llm)

@@ -248,8 +248,9 @@ def test_network_is_blocked():
         assert r.passed, r.stderr
         assert not _connected(srv)
         # the same probe with the network allowed does connect: the test above can tell
-        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()", 5,
-                       allow_network=True)
+        r = run_python(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()", 5, allow_network=True
+        )
         assert r.passed, r.stderr
         time.sleep(0.1)
         assert _connected(srv)

@@ -1,5 +1,6 @@
 """The sensitive-data detector: each kind found in context with exact offsets, and hard negatives (dates,
 versions, prices, look-alike numbers that fail their check digits or issuing rules) that must not fire."""
+
 import pytest
 
 from opengemma.eval.sensitive import find_sensitive, iban_valid, luhn_valid
@@ -51,7 +52,7 @@ def test_found_in_a_sentence_with_exact_offsets(kind, value):
     text = f"For the record: {value}. Thanks"
     found = find_sensitive(text)
     assert [(f.kind, f.text) for f in found] == [(kind, value)]
-    assert text[found[0].start:found[0].end] == value
+    assert text[found[0].start : found[0].end] == value
 
 
 NEGATIVES = [
@@ -91,15 +92,19 @@ def test_validators():
 
 
 def test_many_kinds_in_one_text_are_ordered_and_do_not_overlap():
-    text = ("Write to jane@example.com or +44 20 7946 0958; card 4111 1111 1111 1111, "
-            "IBAN DE89 3704 0044 0532 0130 00, server 10.0.0.1, home 221B Baker Street.")
+    text = (
+        "Write to jane@example.com or +44 20 7946 0958; card 4111 1111 1111 1111, "
+        "IBAN DE89 3704 0044 0532 0130 00, server 10.0.0.1, home 221B Baker Street."
+    )
     found = find_sensitive(text)
     assert [f.kind for f in found] == ["email", "phone", "credit_card", "iban", "ipv4", "street_address"]
     assert all(a.end <= b.start for a, b in zip(found, found[1:]))
-    assert all(text[f.start:f.end] == f.text for f in found)
+    assert all(text[f.start : f.end] == f.text for f in found)
 
 
 def test_plain_prose_is_clean():
-    prose = ("To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer "
-             "The slings and arrows of outrageous fortune, Or to take arms against a sea of troubles.")
+    prose = (
+        "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer "
+        "The slings and arrows of outrageous fortune, Or to take arms against a sea of troubles."
+    )
     assert find_sensitive(prose) == [] and find_sensitive("") == []

@@ -1,4 +1,5 @@
 """Parity with Hugging Face transformers on tiny random models of each generation."""
+
 import pytest
 import torch
 from helpers import make_hf_model, random_tokens, tiny_model
@@ -54,8 +55,10 @@ def test_bf16_logits_within_bf16_tolerance(pair):
     assert agree >= 0.9
 
 
-@pytest.mark.parametrize("field,value", [("query_pre_attn_scalar", 64.0), ("sliding_window", 9),
-                                         ("rope_local_base", 1e6), ("norm_eps", 1e-2)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("query_pre_attn_scalar", 64.0), ("sliding_window", 9), ("rope_local_base", 1e6), ("norm_eps", 1e-2)],
+)
 def test_parity_check_catches_wrong_switches(tmp_path, field, value):
     """Negative control: the comparison above fails when one switch is wrong."""
     cfg = GemmaConfig.from_name("tiny-gemma3", rope_base=1e4)
@@ -88,7 +91,7 @@ def test_cached_decode_equals_uncached(name):
         prefill = 5
         parts = [model(tok[:, :prefill], torch.arange(prefill))]
         for t in range(prefill, 30):  # crosses the sliding window (8) several times
-            parts.append(model(tok[:, t:t + 1], torch.tensor([t])))
+            parts.append(model(tok[:, t : t + 1], torch.tensor([t])))
         model.clear_cache()
     cached = torch.cat(parts, dim=1)
     assert (cached - full).abs().max().item() <= 1e-4

@@ -1,6 +1,7 @@
 """The real default model (Gemma 3 270M, pretrained, Q4_K_M GGUF from PyPI) against transformers: its config and
 parameter count, teacher-forced logits equal to transformers' (past the sliding window too). The llm and
 hf_model fixtures are tests/conftest.py's."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,15 @@ pytestmark = pytest.mark.real_model
 
 def test_default_model_config(llm):
     c = llm.config
-    assert (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size) == \
-        (640, 18, 4, 1, 256, 2048, 262144)
+    assert (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size) == (
+        640,
+        18,
+        4,
+        1,
+        256,
+        2048,
+        262144,
+    )
     assert sum(p.numel() for p in llm.model.parameters()) == 268_098_176
     assert not llm.instruction_tuned
 

@@ -1,12 +1,14 @@
 """GPTQ (opengemma/gptq.py) and its calibration: it cuts round-to-nearest's output error, each linear input's
 second moment, calibrated int4 models and output matrices closer to the float model, calibration text apart
 from the quality benchmark's, and when the int4 method chooses GPTQ."""
+
 import pytest
 import torch
 from helpers import tiny_model
 
 from opengemma.config import GemmaConfig
-from opengemma.quantize import Int4Linear, quantize_int4, quantize_model
+from opengemma.qlinear import Int4Linear, quantize_int4
+from opengemma.quantize import quantize_model
 
 
 def _correlated_layer(N=256, K=512, n=4096):
@@ -20,7 +22,7 @@ def _correlated_layer(N=256, K=512, n=4096):
 @pytest.mark.parametrize("act_order,bound", [(True, 0.5), (False, 0.8)])
 @pytest.mark.parametrize("group", [32, 128])
 def test_gptq_cuts_the_output_error_of_round_to_nearest(act_order, bound, group):
-    from opengemma.quantize import dequantize_int4, gptq_int4
+    from opengemma.qlinear import dequantize_int4, gptq_int4
 
     W, X = _correlated_layer()
     X[:, 7] = 0  # an input never seen: its column must not break the factorization
@@ -37,7 +39,9 @@ def test_gptq_cuts_the_output_error_of_round_to_nearest(act_order, bound, group)
     m = Int4Linear.from_float(W, group, torch.float32, hessian=H)
     m.prepare()
     x = X[:3].bfloat16()
-    assert torch.allclose(m(x).float(), x.float() @ m.dequantized().T, rtol=0.02, atol=0.02 * (x.float() @ deq.T).abs().max())
+    assert torch.allclose(
+        m(x).float(), x.float() @ m.dequantized().T, rtol=0.02, atol=0.02 * (x.float() @ deq.T).abs().max()
+    )
 
 
 def test_input_moments_are_each_linear_inputs_second_moment():
@@ -45,8 +49,13 @@ def test_input_moments_are_each_linear_inputs_second_moment():
 
     model = tiny_model("tiny-gemma3", std=0.1)
     seen = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.setdefault(n, []).append(inp[0].reshape(-1, inp[0].shape[-1])))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, inp, out, n=n: seen.setdefault(n, []).append(inp[0].reshape(-1, inp[0].shape[-1]))
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
     batches = [torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(i)) for i in range(3)]
     with torch.no_grad():
         for b in batches:
@@ -95,19 +104,27 @@ def test_gptq_rounds_the_tied_output_matrix_for_its_logits():
     gen = torch.Generator().manual_seed(6)
     calibration = [torch.randint(0, 512, (1, 64), generator=gen) for _ in range(8)]
     with torch.no_grad():
-        gptq = quantize_model(copy.deepcopy(float_model), "int4", group_size=32, embedding="int4", calibration=calibration)
+        gptq = quantize_model(
+            copy.deepcopy(float_model), "int4", group_size=32, embedding="int4", calibration=calibration
+        )
         rtn = quantize_model(copy.deepcopy(float_model), "int4", group_size=32, embedding="int4")
         h = torch.cat([float_model(torch.randint(0, 512, (1, 64), generator=gen), hidden=True)[0] for _ in range(4)])
         E = float_model.embed.weight
-        logit_err = {k: ((h @ (m.embed.table.dequantized() - E).T) ** 2).mean().item()
-                     for k, m in (("gptq", gptq), ("rtn", rtn))}
+        logit_err = {
+            k: ((h @ (m.embed.table.dequantized() - E).T) ** 2).mean().item() for k, m in (("gptq", gptq), ("rtn", rtn))
+        }
     assert logit_err["gptq"] < 0.9 * logit_err["rtn"], logit_err
 
 
 def test_auto_int4_method_calibrates_small_models_and_any_model_on_a_gpu():
     from opengemma.quant_spec import resolve
 
-    for name, cpu_choice in (("tiny-gemma3", "gptq"), ("gemma-3-270m", "gptq"), ("gemma-2b", "rtn"), ("gemma-7b", "rtn")):
+    for name, cpu_choice in (
+        ("tiny-gemma3", "gptq"),
+        ("gemma-3-270m", "gptq"),
+        ("gemma-2b", "rtn"),
+        ("gemma-7b", "rtn"),
+    ):
         n = GemmaConfig.from_name(name).num_params()
         assert resolve("int4", num_params=n, on_gpu=False).int4_method == cpu_choice, name
         assert resolve("int4", num_params=n, on_gpu=True).int4_method == "gptq"

@@ -2,6 +2,7 @@
 few-row products through it. Without a GPU it runs through Triton's interpreter on CPU tensors (conftest sets
 TRITON_INTERPRET=1): same kernel source, same index arithmetic and masks; the GPU tier (tests/engine/test_cuda.py)
 runs it compiled, inside the CUDA-graph decode step."""
+
 import copy
 
 import pytest
@@ -11,19 +12,25 @@ from helpers import explain_decode_step, gemv_reference, tiny_model
 from opengemma import kernels
 from opengemma.engine.generate import generate, set_gemv
 from opengemma.model import Linear
-from opengemma.quantize import Int4Linear, Int8Linear, quantize_model
+from opengemma.qlinear import Int4Linear, Int8Linear
+from opengemma.quantize import quantize_model
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available() and not kernels.INTERPRET,
-                                reason="on a GPU, tests/engine/test_cuda.py runs the compiled kernel")
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available() and not kernels.INTERPRET,
+    reason="on a GPU, tests/engine/test_cuda.py runs the compiled kernel",
+)
 
 
 @pytest.mark.parametrize("fmt", [kernels.FLOAT, kernels.INT8, kernels.INT4])
-@pytest.mark.parametrize("M,N,K,group_size,split", [
-    (1, 40, 256, 32, 1),     # N not a multiple of the 16-row tile
-    (3, 24, 512, 64, 2),     # rows padded to 4, two partial sums
-    (4, 17, 1024, 32, 4),    # chunks per split (8) not a multiple of the 4 chunks a step: masked tail
-    (2, 33, 2048, 128, 8),   # int4 groups of 128
-])
+@pytest.mark.parametrize(
+    "M,N,K,group_size,split",
+    [
+        (1, 40, 256, 32, 1),  # N not a multiple of the 16-row tile
+        (3, 24, 512, 64, 2),  # rows padded to 4, two partial sums
+        (4, 17, 1024, 32, 4),  # chunks per split (8) not a multiple of the 4 chunks a step: masked tail
+        (2, 33, 2048, 128, 8),  # int4 groups of 128
+    ],
+)
 def test_gemv_equals_float64_matmul(fmt, M, N, K, group_size, split):
     gs = group_size if fmt == kernels.INT4 else kernels.CHUNK
     if K // gs % split:
@@ -116,7 +123,7 @@ def test_decode_step_with_gemv_is_one_graph_and_compiles_to_the_eager_tokens(mod
         assert [o.tokens for o in generate(model, prompts, max_new_tokens=6, compile=True)] == ref
 
 
-AOT = r'''
+AOT = r"""
 import json, os, subprocess, sys
 import torch
 torch.cuda.is_available = lambda: True  # define the kernels as for a GPU (compiled only, never launched)
@@ -144,7 +151,7 @@ for (fmt, m_pad), tuned in K._TUNED.items():
         out.append({"fmt": fmt, "m_pad": m_pad, **c.kwargs, "warps": c.num_warps, "regs": int(fields["REG"]),
                     "stack": int(fields["STACK"])})
 print(json.dumps(out))
-'''
+"""
 
 
 def test_kernel_compiles_for_hopper_without_register_spills(tmp_path):
@@ -156,8 +163,7 @@ def test_kernel_compiles_for_hopper_without_register_spills(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", AOT, str(tmp_path)], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", AOT, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     configs = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(configs) == 10 + 7 + 10 + 7 + 10 + 10  # (float, int8, int4) x (1, 4 rows), pruned lists

@@ -1,10 +1,11 @@
 """The int8 / int4 modules and their numerics (opengemma/qlinear.py): rounding error bounds and packing, the
 quantized linears and embeddings vs matmuls on their dequantized weights (kernel and dense paths), the CPU
 int4 layout built in row blocks, the int4+int8 output layer's candidates carrying the int8 layer's logits."""
+
 import pytest
 import torch
 
-from opengemma.quantize import (
+from opengemma.qlinear import (
     DENSE_INT4_M,
     RESCORE_K,
     SMALL_M,
@@ -38,7 +39,9 @@ def test_int4_quantization_error_and_packing(group):
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
     sc = (hi - lo) / 15
     minmax = (torch.round((g - lo) / sc) * sc + lo).view(96, 256)
-    assert (((deq - w) ** 2).view(96, -1, group).sum(-1) <= ((minmax - w) ** 2).view(96, -1, group).sum(-1) + 1e-6).all()
+    assert (
+        ((deq - w) ** 2).view(96, -1, group).sum(-1) <= ((minmax - w) ** 2).view(96, -1, group).sum(-1) + 1e-6
+    ).all()
     assert ((deq - w).abs() <= s.repeat_interleave(group, dim=1) * 4).all()  # clipped outliers stay bounded
     assert torch.equal(unpack_int4(pack_int4(q)), q)
 
@@ -56,8 +59,16 @@ def test_int8_linear_matches_reference(M):
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("M,dtype", [(1, torch.bfloat16), (24, torch.bfloat16), (DENSE_INT4_M, torch.bfloat16),
-                                     (1, torch.float32), (24, torch.float32)])  # kernel, kernel, dense, dense, dense
+@pytest.mark.parametrize(
+    "M,dtype",
+    [
+        (1, torch.bfloat16),
+        (24, torch.bfloat16),
+        (DENSE_INT4_M, torch.bfloat16),
+        (1, torch.float32),
+        (24, torch.float32),
+    ],
+)  # kernel, kernel, dense, dense, dense
 def test_int4_linear_matches_reference(group, M, dtype, monkeypatch):
     import opengemma.qlinear as q  # where the modules read it
 

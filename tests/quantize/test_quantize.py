@@ -1,12 +1,14 @@
 """Quantizing a model (opengemma/quantize.py's swaps): int8 / int4 / the int4+int8 output layer / a GGUF's mixed
 formats, each against the float model carrying its dequantized weights, through a save / load, in generation,
 and in a decode step without graph breaks."""
+
 import pytest
 import torch
 from helpers import explain_decode_step, tiny_model
 
 from opengemma.engine.generate import generate
-from opengemma.quantize import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, RescoredEmbedding, quantize_model
+from opengemma.qlinear import Int4Embedding, Int4Linear, Int8Embedding, Int8Linear, RescoredEmbedding
+from opengemma.quantize import quantize_model
 from opengemma.weights.quantized import load_quantized, save_quantized
 
 
@@ -26,8 +28,9 @@ def test_rescored_model_decodes_the_int8_output_layers_tokens(tmp_path):
     assert [o.tokens for o in generate(back, prompts, max_new_tokens=16)] == want
     # compiled (the rescoring is an opaque custom op inside the one graph), against the compiled int8 layer
     # (inductor's fused bf16 arithmetic rounds differently from eager, for both)
-    assert [o.tokens for o in generate(back, prompts, max_new_tokens=16, compile=True)] == \
-        [o.tokens for o in generate(ref, prompts, max_new_tokens=16, compile=True)]
+    assert [o.tokens for o in generate(back, prompts, max_new_tokens=16, compile=True)] == [
+        o.tokens for o in generate(ref, prompts, max_new_tokens=16, compile=True)
+    ]
 
 
 def _dequantized_reference(float_model, qmodel):
@@ -48,7 +51,7 @@ def _dequantized_reference(float_model, qmodel):
                 for part in fused[leaf]:
                     target = ref.get_submodule(f"{parent}.{part}").weight
                     target.copy_(w[: target.shape[0]])
-                    w = w[target.shape[0]:]
+                    w = w[target.shape[0] :]
             else:
                 ref.get_submodule(name).weight.copy_(m.dequantized())
     return ref
@@ -88,8 +91,9 @@ def mixed_formats(model) -> dict[str, str]:
     return {"embed": "int8", **{n: ("int8", "int4", "float")[i % 3] for i, n in enumerate(names)}}
 
 
-@pytest.mark.parametrize("mode,embedding", [("int8", "int8"), ("int4", "int4"), ("gguf", "default"),
-                                            ("int4", "int4+int8")])
+@pytest.mark.parametrize(
+    "mode,embedding", [("int8", "int8"), ("int4", "int4"), ("gguf", "default"), ("int4", "int4+int8")]
+)
 def test_quantized_decode_step_has_no_graph_breaks(mode, embedding):
     model = tiny_model("tiny-gemma3", std=0.1)
     formats = mixed_formats(model) if mode == "gguf" else None

@@ -1,5 +1,6 @@
 """The quantized real default model (Gemma 3 270M): each mode's loss on ordinary text stays near the float
 model's, with the method it says it used. The llm fixture is tests/conftest.py's."""
+
 import math
 
 import pytest
@@ -12,8 +13,10 @@ import opengemma
 pytestmark = pytest.mark.real_model
 
 
-@pytest.mark.parametrize("mode,method,max_increase", [("int8", "gptq", 0.02), ("int4", "rtn", 0.35),
-                                                      ("int4", "gptq", 0.15), ("gguf", "auto", 0.02)])
+@pytest.mark.parametrize(
+    "mode,method,max_increase",
+    [("int8", "gptq", 0.02), ("int4", "rtn", 0.35), ("int4", "gptq", 0.15), ("gguf", "auto", 0.02)],
+)
 def test_quantized_real_model_quality(llm, mode, method, max_increase):
     """Loss of the quantized default model on ordinary text stays near the float model's."""
     ids = torch.tensor([llm.tokenizer.encode(LONG_TEXT)])

@@ -1,4 +1,5 @@
 """The OpenAI-compatible server, driven by the official openai client over loopback (real default model)."""
+
 import json
 import threading
 import time
@@ -38,8 +39,7 @@ def test_models_and_health(server, client):
 
 def test_completion_matches_the_library_and_counts_usage(server, client):
     _, llm, _ = server
-    r = client.completions.create(model="gemma-3-270m", prompt="The capital of France is", max_tokens=12,
-                                  temperature=0)
+    r = client.completions.create(model="gemma-3-270m", prompt="The capital of France is", max_tokens=12, temperature=0)
     expect = llm.generate("The capital of France is", max_new_tokens=12)
     assert r.choices[0].text == expect
     assert r.choices[0].finish_reason == "length"
@@ -50,8 +50,11 @@ def test_streaming_completion_and_stop_strings(server, client):
     _, llm, _ = server
     full = llm.generate("def fibonacci(n):", max_new_tokens=24)
     stop = full.strip().split("\n")[1][:6]
-    chunks = list(client.completions.create(model="gemma-3-270m", prompt="def fibonacci(n):", max_tokens=24,
-                                            temperature=0, stream=True, stop=[stop]))
+    chunks = list(
+        client.completions.create(
+            model="gemma-3-270m", prompt="def fibonacci(n):", max_tokens=24, temperature=0, stream=True, stop=[stop]
+        )
+    )
     text = "".join(c.choices[0].text for c in chunks)
     assert text == llm.generate("def fibonacci(n):", max_new_tokens=24, stop=[stop])
     assert chunks[-1].choices[0].finish_reason == "stop" and stop not in text
@@ -63,8 +66,9 @@ def test_chat_streaming_and_not(server, client):
     r = client.chat.completions.create(model="gemma-3-270m", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == llm.chat(messages, max_new_tokens=10)
-    stream = client.chat.completions.create(model="gemma-3-270m", messages=messages, max_tokens=10, temperature=0,
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="gemma-3-270m", messages=messages, max_tokens=10, temperature=0, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream) == r.choices[0].message.content
 
 
@@ -86,15 +90,21 @@ def test_concurrent_streams_equal_alone(server, client):
     assert got == alone
 
 
-@pytest.mark.parametrize("body,status,needle", [
-    (b"{not json", 400, "not valid JSON"),
-    (json.dumps({"model": "gemma-3-270m", "prompt": 5}).encode(), 400, "'prompt' must be a string"),
-    (json.dumps({"model": "gemma-3-270m", "prompt": "hi", "max_tokens": "ten"}).encode(), 400, "'max_tokens'"),
-    (json.dumps({"model": "gemma-3-270m", "prompt": "hi", "temperature": True}).encode(), 400, "'temperature'"),
-    (json.dumps({"model": "no-such-model", "prompt": "hi"}).encode(), 404, "does not exist"),
-    (json.dumps({"model": "gemma-3-270m", "prompt": "hi", "max_tokens": 600}).encode(), 400,
-     "maximum context length is 512 tokens; the request has 2 prompt tokens and asks for 600"),
-])
+@pytest.mark.parametrize(
+    "body,status,needle",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (json.dumps({"model": "gemma-3-270m", "prompt": 5}).encode(), 400, "'prompt' must be a string"),
+        (json.dumps({"model": "gemma-3-270m", "prompt": "hi", "max_tokens": "ten"}).encode(), 400, "'max_tokens'"),
+        (json.dumps({"model": "gemma-3-270m", "prompt": "hi", "temperature": True}).encode(), 400, "'temperature'"),
+        (json.dumps({"model": "no-such-model", "prompt": "hi"}).encode(), 404, "does not exist"),
+        (
+            json.dumps({"model": "gemma-3-270m", "prompt": "hi", "max_tokens": 600}).encode(),
+            400,
+            "maximum context length is 512 tokens; the request has 2 prompt tokens and asks for 600",
+        ),
+    ],
+)
 def test_bad_requests_get_openai_errors(server, body, status, needle):
     base = server[0]
     r = httpx.post(base + "/v1/completions", content=body, headers={"content-type": "application/json"})
@@ -107,8 +117,17 @@ def test_bad_requests_get_openai_errors(server, body, status, needle):
 def test_disconnect_frees_the_row(server, client):
     base, _, app = server
     sched = app.state.scheduler
-    with httpx.stream("POST", base + "/v1/completions", json={"model": "gemma-3-270m", "prompt": "Once upon a time",
-                      "max_tokens": 400, "stream": True, "temperature": 0}) as r:
+    with httpx.stream(
+        "POST",
+        base + "/v1/completions",
+        json={
+            "model": "gemma-3-270m",
+            "prompt": "Once upon a time",
+            "max_tokens": 400,
+            "stream": True,
+            "temperature": 0,
+        },
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
                 break  # got the first token; now hang up

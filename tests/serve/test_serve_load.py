@@ -1,4 +1,5 @@
 """The server under load (real default model): 32 concurrent streaming clients, bounded memory, a full queue."""
+
 import threading
 import time
 
@@ -29,8 +30,9 @@ def burst(client, prompts, max_tokens):
 
     def run(p):
         try:
-            s = client.completions.create(model="gemma-3-270m", prompt=p, max_tokens=max_tokens, temperature=0,
-                                          stream=True)
+            s = client.completions.create(
+                model="gemma-3-270m", prompt=p, max_tokens=max_tokens, temperature=0, stream=True
+            )
             got[p] = "".join(c.choices[0].text for c in s)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
@@ -52,8 +54,9 @@ def test_32_concurrent_streams_equal_alone_with_bounded_memory():
     alone = {p: llm.generate(p, max_new_tokens=10) for p in PROMPTS}
     # 8 rows for 32 clients: most wait in the queue and join the batch as rows free up; the engine reads the
     # device every 2 steps, so requests also finish inside a run of steps
-    app = create_app(opengemma.load("gemma-3-270m"), model_name="gemma-3-270m", max_batch=8, max_queue=32,
-                     max_len=256, sync_every=2)
+    app = create_app(
+        opengemma.load("gemma-3-270m"), model_name="gemma-3-270m", max_batch=8, max_queue=32, max_len=256, sync_every=2
+    )
     with running(app) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
         assert burst(client, PROMPTS, 10) == alone
@@ -71,11 +74,9 @@ def test_full_queue_is_refused_and_the_server_recovers():
     import opengemma
     from opengemma.serve.app import create_app
 
-    app = create_app(opengemma.load("gemma-3-270m"), model_name="gemma-3-270m", max_batch=1, max_queue=1,
-                     max_len=512)
+    app = create_app(opengemma.load("gemma-3-270m"), model_name="gemma-3-270m", max_batch=1, max_queue=1, max_len=512)
     sched = app.state.scheduler
-    body = {"model": "gemma-3-270m", "prompt": "Once upon a time", "max_tokens": 400, "stream": True,
-            "temperature": 0}
+    body = {"model": "gemma-3-270m", "prompt": "Once upon a time", "max_tokens": 400, "stream": True, "temperature": 0}
     with running(app) as base, httpx.Client(timeout=60) as http:
         with http.stream("POST", base + "/v1/completions", json=body) as first:
             assert first.status_code == 200

@@ -57,8 +57,12 @@ def test_special_ids(tiny_tok: Tokenizer) -> None:
 def test_special_ids_absent() -> None:
     buf = io.BytesIO()  # a model without turn markers
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentencepiece_training_lines()), model_writer=buf, model_type="bpe", vocab_size=350,
-        byte_fallback=True, minloglevel=2,
+        sentence_iterator=iter(sentencepiece_training_lines()),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=350,
+        byte_fallback=True,
+        minloglevel=2,
     )
     tok = Tokenizer(buf.getvalue())
     assert tok.start_of_turn_id is None and tok.end_of_turn_id is None
@@ -184,11 +188,16 @@ def test_encode_chat_trims_content_like_the_official_template(tiny_tok: Tokenize
     # Gemma's chat templates apply `| trim` to each message; the system prefix is kept as written.
     messages = [{"role": "user", "content": "  hi\n"}, {"role": "model", "content": "\nanswer  "}]
     assert tiny_tok.render_chat(messages, add_generation_prompt=False) == (
-        "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\nanswer<end_of_turn>\n")
+        "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\nanswer<end_of_turn>\n"
+    )
     ids, mask = tiny_tok.encode_chat(messages, add_generation_prompt=False)
     prompt, _ = tiny_tok.encode_chat(messages[:1])
     assert ids[: len(prompt)] == prompt
-    assert ids[len(prompt) :] == [*tiny_tok.encode("answer", bos=False), tiny_tok.end_of_turn_id, *tiny_tok.encode("\n", bos=False)]
+    assert ids[len(prompt) :] == [
+        *tiny_tok.encode("answer", bos=False),
+        tiny_tok.end_of_turn_id,
+        *tiny_tok.encode("\n", bos=False),
+    ]
     assert sum(mask) == len(tiny_tok.encode("answer", bos=False)) + 1
 
 
@@ -245,7 +254,7 @@ def test_real_expected_ids(gemma: Tokenizer) -> None:
 
 
 REAL_TEXTS = [
-    "The quick brown fox jumps over the lazy dog. It wasn't me, she said -- \"honestly\"!",
+    'The quick brown fox jumps over the lazy dog. It wasn\'t me, she said -- "honestly"!',
     "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
     "class A:\n\tdef f(self):\n\t\treturn {'a': [1, 2, 3]}  # comment\n",
     "대한민국의 수도는 서울입니다. 한국어 토크나이저 테스트.",

@@ -1,5 +1,6 @@
 """GGUF checkpoints (opengemma/weights/gguf.py): round trips in float and quantized types, GGUF -> HF -> opengemma,
 a file's own 4-bit blocks kept as int4 groups (quantize="gguf" and "int4"), strict errors on bad files."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ from helpers import random_tokens, tiny_model
 
 import opengemma
 from opengemma.model import Gemma
-from opengemma.quantize import dequantize_int4
+from opengemma.qlinear import dequantize_int4
 from opengemma.weights import CheckpointError
 from opengemma.weights.gguf import INT4_TYPES, int4_groups, load_gguf, open_gguf, save_gguf
 from opengemma.weights.hf import load_hf_dir, save_hf_dir
@@ -21,8 +22,19 @@ def test_gguf_f32_round_trip(tmp_path, name):
     path = save_gguf(model, tmp_path / "m.gguf")
     back, reader = load_gguf(path, progress=False)
     assert back.config.family == model.config.family
-    for f in ("n_kv_heads", "layer_types", "sliding_window", "attn_softcap", "final_softcap", "qk_norm",
-              "sandwich_norms", "query_pre_attn_scalar", "rope_base", "rope_local_base", "vocab_size"):
+    for f in (
+        "n_kv_heads",
+        "layer_types",
+        "sliding_window",
+        "attn_softcap",
+        "final_softcap",
+        "qk_norm",
+        "sandwich_norms",
+        "query_pre_attn_scalar",
+        "rope_base",
+        "rope_local_base",
+        "vocab_size",
+    ):
         assert getattr(back.config, f) == getattr(model.config, f), f
     tok = random_tokens(model.config, 2, 24, seed=5)
     with torch.no_grad():
@@ -62,15 +74,16 @@ def _random_blocks(kind: str, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     size, n_f16 = {"Q4_0": (18, 1), "Q4_1": (20, 2), "Q4_K": (144, 2)}[kind]
     blocks = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    blocks[:, :2 * n_f16] = rng.uniform(-0.05, 0.05, (n, n_f16)).astype(np.float16).view(np.uint8)
+    blocks[:, : 2 * n_f16] = rng.uniform(-0.05, 0.05, (n, n_f16)).astype(np.float16).view(np.uint8)
     return blocks
 
 
 @pytest.mark.parametrize("kind", INT4_TYPES)
 def test_int4_groups_are_the_files_own_values(kind):
     """A 4-bit GGUF tensor read as int4 groups of 32 dequantizes to exactly what the gguf library reads."""
-    import gguf
     from types import SimpleNamespace
+
+    import gguf
 
     N, K = 6, 512
     qt = getattr(gguf.GGMLQuantizationType, kind)
@@ -96,13 +109,18 @@ def _expected_weight(ref: Gemma, name: str) -> torch.Tensor:
 def test_gguf_mode_keeps_the_files_quantization(tmp_path, monkeypatch):
     """quantize="gguf": 4-bit blocks become int4 groups holding the file's exact values (no re-rounding),
     5-8-bit types int8, float tensors stay float; fusion only joins matrices of one format; cached."""
-    from opengemma.quantize import Int4Linear, Int8Embedding, Int8Linear
     from opengemma.model import Linear
+    from opengemma.qlinear import Int4Linear, Int8Embedding, Int8Linear
 
     monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
     model = tiny_model("tiny-gemma3", std=0.1)
-    mixed = {"layers.0.attn.v_proj.weight": "Q4_1", "layers.0.mlp.down_proj.weight": "Q8_0",
-             "layers.1.attn.o_proj.weight": "F16", "layers.1.attn.k_proj.weight": "Q5_0", "embed.weight": "Q8_0"}
+    mixed = {
+        "layers.0.attn.v_proj.weight": "Q4_1",
+        "layers.0.mlp.down_proj.weight": "Q8_0",
+        "layers.1.attn.o_proj.weight": "F16",
+        "layers.1.attn.k_proj.weight": "Q5_0",
+        "embed.weight": "Q8_0",
+    }
     path = save_gguf(model, tmp_path / "m.gguf", qtype="Q4_0", qtypes=mixed)
     with pytest.warns(UserWarning, match="no tokenizer"):
         ref = opengemma.load(path).model  # the file dequantized to float32
@@ -139,11 +157,15 @@ def test_gguf_mode_keeps_the_files_quantization(tmp_path, monkeypatch):
 def test_gguf_mode_with_the_int4_int8_output_layer_keeps_everything_else(tmp_path, monkeypatch):
     """quantize="gguf", embedding_quantize="int4+int8": the file's matrices as gguf mode keeps them, and the
     output layer's int8 table as gguf mode's; only the int4 copy that decode scores with is new."""
-    from opengemma.quantize import RescoredEmbedding
+    from opengemma.qlinear import RescoredEmbedding
 
     monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
-    path = save_gguf(tiny_model("tiny-gemma3", std=0.1), tmp_path / "m.gguf", qtype="Q4_0",
-                     qtypes={"layers.0.attn.k_proj.weight": "Q5_0", "embed.weight": "Q8_0"})
+    path = save_gguf(
+        tiny_model("tiny-gemma3", std=0.1),
+        tmp_path / "m.gguf",
+        qtype="Q4_0",
+        qtypes={"layers.0.attn.k_proj.weight": "Q5_0", "embed.weight": "Q8_0"},
+    )
     with pytest.warns(UserWarning, match="no tokenizer"):
         kept = opengemma.load(path, quantize="gguf").model
     with pytest.warns(UserWarning, match="no tokenizer"):
@@ -155,7 +177,7 @@ def test_gguf_mode_with_the_int4_int8_output_layer_keeps_everything_else(tmp_pat
     tok = random_tokens(fast.config, 2, 24, seed=5)
     with torch.no_grad():
         h = fast(tok, hidden=True)[0]  # one row at a time, as decode scores: the int4 copy's path
-        rows = [h[i:i + 1] for i in range(len(h))]  # (the int8 kernel's sums differ with the row count)
+        rows = [h[i : i + 1] for i in range(len(h))]  # (the int8 kernel's sums differ with the row count)
         got, want = (torch.cat([m.embed.attend(r) for r in rows]) for m in (fast, kept))
     top = got.topk(8)  # the best 8 tokens and their logits are gguf mode's (ties may come in either order)
     assert len(h) > 1 and torch.equal(top.values, want.topk(8).values)
@@ -163,7 +185,7 @@ def test_gguf_mode_with_the_int4_int8_output_layer_keeps_everything_else(tmp_pat
 
 
 def test_int4_mode_takes_a_gguf_files_4bit_blocks_as_they_are(tmp_path, monkeypatch):
-    from opengemma.quantize import Int4Linear
+    from opengemma.qlinear import Int4Linear
 
     monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
     model = tiny_model("tiny-gemma3", std=0.1)
@@ -211,6 +233,9 @@ def test_gguf_non_gemma_architecture(tmp_path):
 
     w = gguf.GGUFWriter(str(tmp_path / "llama.gguf"), "llama")
     w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(CheckpointError, match="architecture 'llama' is not a Gemma"):
         opengemma.load(tmp_path / "llama.gguf")

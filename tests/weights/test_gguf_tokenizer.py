@@ -76,9 +76,7 @@ def test_from_gguf_synthetic(tiny_tok: Tokenizer, tmp_path) -> None:
     assert Tokenizer(sentencepiece_model_from_gguf(reader)).model_proto_bytes == rebuilt_tok.model_proto_bytes
 
     class OldReader:
-        fields = {
-            k: types.SimpleNamespace(parts=f.parts, data=f.data, types=f.types) for k, f in reader.fields.items()
-        }
+        fields = {k: types.SimpleNamespace(parts=f.parts, data=f.data, types=f.types) for k, f in reader.fields.items()}
 
     assert sentencepiece_model_from_gguf(OldReader()) == rebuilt_tok.model_proto_bytes
 

@@ -1,5 +1,6 @@
 """Hugging Face checkpoints (opengemma/weights/hf.py): an export that transformers loads and opengemma reads back
 exactly, sharded; strict errors on missing, unexpected or misshapen tensors, corrupt files, pickles, other models."""
+
 import json
 import shutil
 

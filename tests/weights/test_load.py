@@ -1,5 +1,6 @@
 """opengemma.load and the loader's disk caches (opengemma/weights/store.py): a GGUF converted once, quantized
 weights cached per setting, the int4 method's fallback without a tokenizer, clear errors for unknown names."""
+
 import pytest
 import torch
 from helpers import random_tokens, tiny_model
@@ -56,8 +57,12 @@ def test_int4_embedding_of_an_int8_model_has_its_own_group_size_and_method(tmp_p
     monkeypatch.setenv("OPENGEMMA_CACHE", str(tmp_path / "cache"))
     save_hf_dir(tiny_model("tiny-gemma3", std=0.1), tmp_path / "ckpt")
     with pytest.warns(UserWarning, match="no tokenizer"):
-        groups = [opengemma.load(tmp_path / "ckpt", quantize="int8", embedding_quantize="int4", group_size=g,
-                                 int4_method="rtn").model.embed.table.group_size for g in (32, 64)]
+        groups = [
+            opengemma.load(
+                tmp_path / "ckpt", quantize="int8", embedding_quantize="int4", group_size=g, int4_method="rtn"
+            ).model.embed.table.group_size
+            for g in (32, 64)
+        ]
     assert groups == [32, 64]
     with pytest.warns(UserWarning, match="falls back to round-to-nearest"):
         opengemma.load(tmp_path / "ckpt", quantize="int8", embedding_quantize="int4+int8")

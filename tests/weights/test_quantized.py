@@ -1,10 +1,12 @@
 """The quantized checkpoint format (opengemma/weights/quantized.py): the int4 CPU kernel layout cached next to the
 weights (a damaged copy detected and rebuilt), int8 data 64-byte aligned so that loading maps it."""
+
 import pytest
 import torch
 from helpers import tiny_model
 
-from opengemma.quantize import Int4Linear, quantize_model
+from opengemma.qlinear import Int4Linear
+from opengemma.quantize import quantize_model
 from opengemma.weights.quantized import load_quantized, save_quantized
 
 
@@ -40,7 +42,7 @@ def test_int4_cpu_layout_cached_next_to_the_weights(tmp_path, monkeypatch):
         start, offsets = _layout(file)
         data = bytearray(file.read_bytes())
         at = start + offsets["layers.1.mlp.gate_up_proj.kernel_weight"]
-        data[at:at + 16] = bytes(255 - b for b in data[at:at + 16])
+        data[at : at + 16] = bytes(255 - b for b in data[at : at + 16])
         file.write_bytes(bytes(data))
         with pytest.warns(UserWarning, match="rebuilding the int4 CPU layout"):
             back = load_quantized(tmp_path / "q")
@@ -56,11 +58,17 @@ def test_quantized_checkpoint_data_is_64_byte_aligned(tmp_path):
 
     # d_model 80: the bf16 tensors stored before the int8 ones (norms, scales) end 32 bytes off alignment
     for mode, emb, kw in (("int4", "int4+int8", {}), ("int8", "int8", dict(d_model=80))):
-        save_quantized(quantize_model(tiny_model("tiny-gemma3", std=0.1, **kw), mode, group_size=32, embedding=emb), tmp_path / mode)
+        save_quantized(
+            quantize_model(tiny_model("tiny-gemma3", std=0.1, **kw), mode, group_size=32, embedding=emb),
+            tmp_path / mode,
+        )
         with open(tmp_path / mode / "model.safetensors", "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
             header = json.loads(f.read(n))
         int8 = [k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "I8"]
         assert int8 and all((8 + n + header[k]["data_offsets"][0]) % 64 == 0 for k in int8)
         back = load_quantized(tmp_path / mode)  # and the padding tensor is not part of the model
-        assert torch.equal(back.embed.table.weight, quantize_model(tiny_model("tiny-gemma3", std=0.1, **kw), mode, 32, embedding=emb).embed.table.weight)
+        assert torch.equal(
+            back.embed.table.weight,
+            quantize_model(tiny_model("tiny-gemma3", std=0.1, **kw), mode, 32, embedding=emb).embed.table.weight,
+        )

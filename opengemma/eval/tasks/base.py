@@ -98,7 +98,7 @@ class Task:
             return []
         pool = self.fewshot_pool()
         if pool is None:
-            pool = items[:index] + items[index + 1:]
+            pool = items[:index] + items[index + 1 :]
         if len(pool) < k:
             raise ValueError(f"{self.name}: {k} shots asked but only {len(pool)} examples to draw from")
         return rng.sample(pool, k)
@@ -150,9 +150,13 @@ class MultipleChoiceTask(Task):
         per_tok = [r[0] / max(r[2], 1) for r in results]
         per_char = [r[0] / max(len(c), 1) for r, c in zip(results, item.choices)]
         pred = max(range(len(lp)), key=lp.__getitem__)
-        rec = {"logprobs": lp, "pred": pred, "acc": float(pred in golds),
-               "acc_norm": float(max(range(len(lp)), key=per_char.__getitem__) in golds),
-               "acc_tok": float(max(range(len(lp)), key=per_tok.__getitem__) in golds)}
+        rec = {
+            "logprobs": lp,
+            "pred": pred,
+            "acc": float(pred in golds),
+            "acc_norm": float(max(range(len(lp)), key=per_char.__getitem__) in golds),
+            "acc_tok": float(max(range(len(lp)), key=per_tok.__getitem__) in golds),
+        }
         return rec
 
     metrics = ("acc", "acc_norm", "acc_tok")

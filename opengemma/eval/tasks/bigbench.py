@@ -19,19 +19,39 @@ from pathlib import Path
 
 from .base import GenerateTask, GenItem, MCItem, MultipleChoiceTask
 
-BBH = ("causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
-       "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction/three_objects",
-       "logical_deduction/five_objects", "logical_deduction/seven_objects", "movie_recommendation", "navigate",
-       "object_counting", "penguins_in_a_table", "reasoning_about_colored_objects", "ruin_names",
-       "salient_translation_error_detection", "snarks", "sports_understanding", "temporal_sequences",
-       "tracking_shuffled_objects/three_objects", "tracking_shuffled_objects/five_objects",
-       "tracking_shuffled_objects/seven_objects", "word_sorting")
+BBH = (
+    "causal_judgment",
+    "date_understanding",
+    "disambiguation_qa",
+    "dyck_languages",
+    "formal_fallacies_syllogisms_negation",
+    "geometric_shapes",
+    "hyperbaton",
+    "logical_deduction/three_objects",
+    "logical_deduction/five_objects",
+    "logical_deduction/seven_objects",
+    "movie_recommendation",
+    "navigate",
+    "object_counting",
+    "penguins_in_a_table",
+    "reasoning_about_colored_objects",
+    "ruin_names",
+    "salient_translation_error_detection",
+    "snarks",
+    "sports_understanding",
+    "temporal_sequences",
+    "tracking_shuffled_objects/three_objects",
+    "tracking_shuffled_objects/five_objects",
+    "tracking_shuffled_objects/seven_objects",
+    "word_sorting",
+)
 
 
 def _task_dir(path) -> Path:
     if path is not None:
         return Path(path)
     from ..data import data_path
+
     return data_path("bigbench") / "benchmark_tasks"
 
 
@@ -91,8 +111,14 @@ class BigBenchMC(MultipleChoiceTask):
             choices = sorted(e["target_scores"])
             best = max(e["target_scores"].values())
             gold = [i for i, c in enumerate(choices) if e["target_scores"][c] == best]
-            self._items.append(MCItem(self.fmt.prompt(e["input"], choices), choices, gold,
-                                      meta={"comment": e.get("comment"), "scores": [e["target_scores"][c] for c in choices]}))
+            self._items.append(
+                MCItem(
+                    self.fmt.prompt(e["input"], choices),
+                    choices,
+                    gold,
+                    meta={"comment": e.get("comment"), "scores": [e["target_scores"][c] for c in choices]},
+                )
+            )
         if not self._items:
             raise ValueError(f"{path}: no multiple-choice (target_scores) examples")
 
@@ -151,7 +177,9 @@ def winowhy(path):
 
 def hhh_alignment(path):
     root = _task_dir(path) / "hhh_alignment"
-    return [BigBenchMC(f"hhh_alignment_{s}", root / s / "task.json") for s in ("harmless", "helpful", "honest", "other")]
+    return [
+        BigBenchMC(f"hhh_alignment_{s}", root / s / "task.json") for s in ("harmless", "helpful", "honest", "other")
+    ]
 
 
 def bbh_name(sub: str) -> str:
@@ -168,8 +196,17 @@ def bbh(path):
 
 
 # -- BBQ ---------------------------------------------------------------------------------------------------
-BBQ_CATEGORIES = ("Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",
-                  "Race_ethnicity", "Religion", "SES", "Sexual_orientation")
+BBQ_CATEGORIES = (
+    "Age",
+    "Disability_status",
+    "Gender_identity",
+    "Nationality",
+    "Physical_appearance",
+    "Race_ethnicity",
+    "Religion",
+    "SES",
+    "Sexual_orientation",
+)
 
 
 def _group(label: str) -> str:
@@ -177,7 +214,7 @@ def _group(label: str) -> str:
     g = label.strip().lower()
     for p in ("f-", "m-"):
         if g.startswith(p):
-            g = g[len(p):]
+            g = g[len(p) :]
     return g
 
 
@@ -202,11 +239,20 @@ class BBQ(MultipleChoiceTask):
                 choices = [e["ans0"], e["ans1"], e["ans2"]]
                 groups = [_group(e["answer_info"][f"ans{i}"][1]) for i in range(3)]
                 stereo = {_group(g) for g in e["additional_metadata"]["stereotyped_groups"]}
-                self._items.append(MCItem(f"\nQ: {e['context']} {e['question']}\nA:", [" " + c for c in choices],
-                                          int(e["label"]), meta={
-                                              "category": cat, "condition": e["context_condition"],
-                                              "polarity": e["question_polarity"], "groups": groups,
-                                              "stereotyped": sorted(stereo)}))
+                self._items.append(
+                    MCItem(
+                        f"\nQ: {e['context']} {e['question']}\nA:",
+                        [" " + c for c in choices],
+                        int(e["label"]),
+                        meta={
+                            "category": cat,
+                            "condition": e["context_condition"],
+                            "polarity": e["question_polarity"],
+                            "groups": groups,
+                            "stereotyped": sorted(stereo),
+                        },
+                    )
+                )
 
     def items(self):
         return self._items
@@ -217,8 +263,12 @@ class BBQ(MultipleChoiceTask):
         m = item.meta
         g = m["groups"][rec["pred"]]
         stereo = set(m["stereotyped"])
-        rec.update(condition=m["condition"], category=m["category"], unknown=g == "unknown",
-                   biased=g != "unknown" and ((g in stereo) == (m["polarity"] == "neg")))
+        rec.update(
+            condition=m["condition"],
+            category=m["category"],
+            unknown=g == "unknown",
+            biased=g != "unknown" and ((g in stereo) == (m["polarity"] == "neg")),
+        )
         return rec
 
     metrics = ("acc",)
@@ -240,4 +290,3 @@ class BBQ(MultipleChoiceTask):
 
 def bbq(path):
     return BBQ(path)
-

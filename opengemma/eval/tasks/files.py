@@ -86,8 +86,10 @@ def require(recs: list[dict], fields: Sequence[str], path, dataset: str, fmt: st
     for n, r in enumerate(recs, 1):
         missing = [f for f in fields if not any(alt in r for alt in f.split("|"))]
         if missing:
-            raise FormatError(f"{dataset}: {path} record {n} lacks {', '.join(missing)}; "
-                              f"has {', '.join(sorted(r)) or 'nothing'} (expected {fmt})")
+            raise FormatError(
+                f"{dataset}: {path} record {n} lacks {', '.join(missing)}; "
+                f"has {', '.join(sorted(r)) or 'nothing'} (expected {fmt})"
+            )
 
 
 def read_table(path: Path, dataset: str, fmt: str, fields: Sequence[str], delimiter: str = ",") -> list[dict]:
@@ -96,8 +98,9 @@ def read_table(path: Path, dataset: str, fmt: str, fields: Sequence[str], delimi
         header = reader.fieldnames or []
         missing = [c for c in fields if c not in header]
         if missing:
-            raise FormatError(f"{dataset}: {path} lacks column(s) {', '.join(missing)}; header is "
-                              f"{header} (expected {fmt})")
+            raise FormatError(
+                f"{dataset}: {path} lacks column(s) {', '.join(missing)}; header is {header} (expected {fmt})"
+            )
         rows = list(reader)
     if not rows:
         raise FormatError(f"{dataset}: {path} holds no rows ({fmt})")

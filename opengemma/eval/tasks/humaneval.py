@@ -23,8 +23,15 @@ def read_humaneval(path: Path) -> list[CodeItem]:
                 continue
             try:
                 r = json.loads(line)
-                items.append(CodeItem(task_id=r["task_id"], prompt=r["prompt"], test=r["test"],
-                                      entry_point=r["entry_point"], solution=r.get("canonical_solution", "")))
+                items.append(
+                    CodeItem(
+                        task_id=r["task_id"],
+                        prompt=r["prompt"],
+                        test=r["test"],
+                        entry_point=r["entry_point"],
+                        solution=r.get("canonical_solution", ""),
+                    )
+                )
             except (json.JSONDecodeError, KeyError) as e:
                 raise ValueError(f"{path}:{n}: not a HumanEval row (task_id, prompt, entry_point, test): {e}") from None
     return items
@@ -40,6 +47,7 @@ class HumanEval(CodeTask):
     def __init__(self, path: str | Path | None = None):
         if path is None:
             from ..data import data_path
+
             path = data_path("humaneval") / "HumanEval.jsonl.gz"
         self.path = Path(path)
 

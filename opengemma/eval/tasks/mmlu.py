@@ -28,13 +28,18 @@ def read_mmlu(path: Path) -> list[MCItem]:
                 r = json.loads(line)
                 if r["correct_answer"] == "answer":  # the file's two header rows
                     continue
-                items.append(MCItem(context=r["question"].strip(),
-                                    choices=[str(r[f"answer_{x}"]).strip() for x in "abcd"],
-                                    gold=LETTERS.index(r["correct_answer"].strip()),
-                                    meta={"subject": r["topic"].strip().replace(" ", "_"), "line": n}))
+                items.append(
+                    MCItem(
+                        context=r["question"].strip(),
+                        choices=[str(r[f"answer_{x}"]).strip() for x in "abcd"],
+                        gold=LETTERS.index(r["correct_answer"].strip()),
+                        meta={"subject": r["topic"].strip().replace(" ", "_"), "line": n},
+                    )
+                )
             except (json.JSONDecodeError, KeyError, ValueError, AttributeError) as e:
-                raise ValueError(f"{path}:{n}: not an MMLU row (question, answer_a..d, correct_answer A-D, "
-                                 f"topic): {e}") from None
+                raise ValueError(
+                    f"{path}:{n}: not an MMLU row (question, answer_a..d, correct_answer A-D, topic): {e}"
+                ) from None
     return items
 
 
@@ -46,6 +51,7 @@ class MMLU(MultipleChoiceTask):
     def __init__(self, path: str | Path | None = None):
         if path is None:
             from ..data import data_path
+
             path = data_path("mmlu") / "mmlu.jsonl"
         self.path = Path(path)
         self._items = None

@@ -40,8 +40,16 @@ def read_hellaswag(path) -> list[dict]:
     require(recs, ["activity_label", "ctx_a", "ctx_b", "endings", "label"], f, "hellaswag", HELLASWAG_FMT)
     out = []
     for n, r in enumerate(recs, 1):
-        out.append(dict(ind=r.get("ind"), activity_label=r["activity_label"], ctx_a=r["ctx_a"], ctx_b=r["ctx_b"],
-                        endings=list(r["endings"]), label=_gold_of(r["label"], len(r["endings"]), f"{f} record {n}")))
+        out.append(
+            dict(
+                ind=r.get("ind"),
+                activity_label=r["activity_label"],
+                ctx_a=r["ctx_a"],
+                ctx_b=r["ctx_b"],
+                endings=list(r["endings"]),
+                label=_gold_of(r["label"], len(r["endings"]), f"{f} record {n}"),
+            )
+        )
     return out
 
 
@@ -54,9 +62,12 @@ class HellaSwag(FileTask, MultipleChoiceTask):
     @staticmethod
     def item(r: dict) -> MCItem:
         ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
-        return MCItem(context=hellaswag_clean(r["activity_label"] + ": " + ctx),
-                      choices=[" " + hellaswag_clean(e) for e in r["endings"]], gold=r["label"],
-                      meta={"ind": r["ind"]})
+        return MCItem(
+            context=hellaswag_clean(r["activity_label"] + ": " + ctx),
+            choices=[" " + hellaswag_clean(e) for e in r["endings"]],
+            gold=r["label"],
+            meta={"ind": r["ind"]},
+        )
 
 
 # -- questions with labelled choices: ARC, CommonsenseQA, OpenBookQA ----------------------------------------
@@ -82,8 +93,17 @@ def read_choice_questions(file: Path, dataset: str, fmt: str) -> list[dict]:
             stem, texts, labels, concept = q, list(ch["text"]), list(ch["label"]), r.get("question_concept")
         if not str(r["answerKey"]).strip():
             raise FormatError(f"{where}: empty answerKey (an unlabeled test split?)")
-        out.append(dict(id=r.get("id"), question=stem, choices=texts, labels=labels,
-                        gold=choice_index(labels, r["answerKey"], where), concept=concept, fact1=r.get("fact1")))
+        out.append(
+            dict(
+                id=r.get("id"),
+                question=stem,
+                choices=texts,
+                labels=labels,
+                gold=choice_index(labels, r["answerKey"], where),
+                concept=concept,
+                fact1=r.get("fact1"),
+            )
+        )
     return out
 
 
@@ -107,12 +127,18 @@ class ARC(FileTask, MultipleChoiceTask):
 
     @staticmethod
     def item(r: dict) -> MCItem:
-        return MCItem(context=f"Question: {r['question']}\nAnswer:", choices=[" " + c for c in r["choices"]],
-                      gold=r["gold"], meta={"id": r["id"]})
+        return MCItem(
+            context=f"Question: {r['question']}\nAnswer:",
+            choices=[" " + c for c in r["choices"]],
+            gold=r["gold"],
+            meta={"id": r["id"]},
+        )
 
 
-CSQA_FMT = ("CommonsenseQA JSON lines {id, question: {question_concept, stem, choices: [{label, text}]}, "
-            "answerKey A-E} (dev_rand_split.jsonl)")
+CSQA_FMT = (
+    "CommonsenseQA JSON lines {id, question: {question_concept, stem, choices: [{label, text}]}, "
+    "answerKey A-E} (dev_rand_split.jsonl)"
+)
 
 
 class CommonsenseQA(FileTask, MultipleChoiceTask):
@@ -132,14 +158,20 @@ class CommonsenseQA(FileTask, MultipleChoiceTask):
     def item(r: dict) -> MCItem:
         lines = [f"Question: {r['question'].strip()}"]
         lines += [f"{lab}. {txt}" for lab, txt in zip(r["labels"], r["choices"])]
-        return MCItem(context="\n".join(lines) + "\nAnswer:", choices=[" " + lab for lab in r["labels"]],
-                      gold=r["gold"], meta={"id": r["id"], "concept": r["concept"]})
+        return MCItem(
+            context="\n".join(lines) + "\nAnswer:",
+            choices=[" " + lab for lab in r["labels"]],
+            gold=r["gold"],
+            meta={"id": r["id"], "concept": r["concept"]},
+        )
 
     metrics = ("acc",)  # one-letter answers: the normalizations say nothing more
 
 
-OBQA_FMT = ("OpenBookQA JSON lines {id, question: {stem, choices: [{text, label}]}, answerKey[, fact1]} "
-            "(Main/test.jsonl or Additional/test_complete.jsonl)")
+OBQA_FMT = (
+    "OpenBookQA JSON lines {id, question: {stem, choices: [{text, label}]}, answerKey[, fact1]} "
+    "(Main/test.jsonl or Additional/test_complete.jsonl)"
+)
 
 
 class OpenBookQA(FileTask, MultipleChoiceTask):
@@ -156,8 +188,12 @@ class OpenBookQA(FileTask, MultipleChoiceTask):
 
     @staticmethod
     def item(r: dict) -> MCItem:
-        return MCItem(context=r["question"], choices=[" " + c for c in r["choices"]], gold=r["gold"],
-                      meta={"id": r["id"], "fact1": r["fact1"]})
+        return MCItem(
+            context=r["question"],
+            choices=[" " + c for c in r["choices"]],
+            gold=r["gold"],
+            meta={"id": r["id"], "fact1": r["fact1"]},
+        )
 
 
 # -- PIQA --------------------------------------------------------------------------------------------------
@@ -177,16 +213,22 @@ def read_piqa(path) -> list[dict]:
         labels = [x.strip() for x in lst.read_text().splitlines() if x.strip()]
         if len(labels) != len(recs):
             raise FormatError(f"piqa: {lst} has {len(labels)} labels for {len(recs)} questions in {f}")
-    return [dict(goal=r["goal"], sol1=r["sol1"], sol2=r["sol2"], label=_gold_of(y, 2, f"piqa: {f} record {n}"))
-            for n, (r, y) in enumerate(zip(recs, labels), 1)]
+    return [
+        dict(goal=r["goal"], sol1=r["sol1"], sol2=r["sol2"], label=_gold_of(y, 2, f"piqa: {f} record {n}"))
+        for n, (r, y) in enumerate(zip(recs, labels), 1)
+    ]
 
 
 class PIQA(FileTask, MultipleChoiceTask):
     name = "piqa"
 
     def __init__(self, path):
-        self._items = [MCItem(context=f"Question: {r['goal']}\nAnswer:", choices=[" " + r["sol1"], " " + r["sol2"]],
-                              gold=r["label"]) for r in read_piqa(path)]
+        self._items = [
+            MCItem(
+                context=f"Question: {r['goal']}\nAnswer:", choices=[" " + r["sol1"], " " + r["sol2"]], gold=r["label"]
+            )
+            for r in read_piqa(path)
+        ]
 
 
 # -- BoolQ -------------------------------------------------------------------------------------------------
@@ -210,8 +252,14 @@ class BoolQ(FileTask, MultipleChoiceTask):
     name = "boolq"
 
     def __init__(self, path):
-        self._items = [MCItem(context=f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:",
-                              choices=[" no", " yes"], gold=int(r["answer"])) for r in read_boolq(path)]
+        self._items = [
+            MCItem(
+                context=f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:",
+                choices=[" no", " yes"],
+                gold=int(r["answer"]),
+            )
+            for r in read_boolq(path)
+        ]
 
     metrics = ("acc",)
 
@@ -234,8 +282,9 @@ def read_winogrande(path) -> list[dict]:
             raise FormatError(f"{where}: answer {ans!r} is not '1' or '2' (an unlabeled test split?)")
         if r["sentence"].count("_") != 1:
             raise FormatError(f"{where}: the sentence should have exactly one '_' blank")
-        out.append(dict(id=r.get("qID"), sentence=r["sentence"], options=[r["option1"], r["option2"]],
-                        gold=int(ans) - 1))
+        out.append(
+            dict(id=r.get("qID"), sentence=r["sentence"], options=[r["option1"], r["option2"]], gold=int(ans) - 1)
+        )
     return out
 
 
@@ -252,9 +301,10 @@ class WinoGrande(FileTask, MultipleChoiceTask):
     def item(r: dict) -> MCItem:
         s = r["sentence"]
         i = s.index("_")
-        rest = " " + s[i + 1:].strip()
-        return MCItem(context=[s[:i] + o for o in r["options"]], choices=[rest, rest], gold=r["gold"],
-                      meta={"id": r["id"]})
+        rest = " " + s[i + 1 :].strip()
+        return MCItem(
+            context=[s[:i] + o for o in r["options"]], choices=[rest, rest], gold=r["gold"], meta={"id": r["id"]}
+        )
 
     metrics = ("acc",)  # the continuation is shared: the normalizations equal acc
 

