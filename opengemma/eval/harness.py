@@ -46,6 +46,21 @@ def _mean(records: list[dict], key: str) -> dict:
     return {key: m, f"{key}_stderr": binomial_stderr(m, len(xs)) if binary else mean_stderr(xs)}
 
 
+def _samples(scorer, task, contexts, n: int, temperature: float, seed: int) -> list[list[str]]:
+    """n generations per context (sample s seeded seed + s): what generation and code tasks score."""
+    return [
+        scorer.generate(
+            contexts,
+            task.max_new_tokens,
+            task.stop,
+            temperature=temperature,
+            seed=seed + s,
+            desc=f"{task.name} {s + 1}/{n}",
+        )
+        for s in range(n)
+    ]
+
+
 def run_task(
     task: Task,
     scorer: Scorer,
@@ -81,17 +96,7 @@ def run_task(
     elif isinstance(task, GenerateTask):
         n = samples or getattr(task, "samples", 1)
         temp = temperature if temperature is not None else (0.0 if n == 1 else getattr(task, "temperature", 0.7))
-        outs = [
-            scorer.generate(
-                contexts,
-                task.max_new_tokens,
-                task.stop,
-                temperature=temp,
-                seed=seed + s,
-                desc=f"{task.name} {s + 1}/{n}",
-            )
-            for s in range(n)
-        ]
+        outs = _samples(scorer, task, contexts, n, temp, seed)
         records = []
         for i, it in enumerate(items):
             texts = [o[i] for o in outs]
@@ -112,17 +117,7 @@ def run_task(
 
         n = samples or 1
         temp = temperature if temperature is not None else (0.0 if n == 1 else 0.8)
-        outs = [
-            scorer.generate(
-                contexts,
-                task.max_new_tokens,
-                task.stop,
-                temperature=temp,
-                seed=seed + s,
-                desc=f"{task.name} {s + 1}/{n}",
-            )
-            for s in range(n)
-        ]
+        outs = _samples(scorer, task, contexts, n, temp, seed)
         timeout = code_timeout or task.timeout
         programs = [(i, task.program(it, o[i])) for o in outs for i, it in enumerate(items)]
         with ThreadPoolExecutor(max_workers=2) as pool:  # the sandboxed processes run two at a time

@@ -36,9 +36,7 @@ HF_MAP = {
         ("layers.{i}.mlp.up_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
         ("layers.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
     ],
-    "plain_norms": [
-        ("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
-    ],
+    "plain_norms": [("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight")],
     "sandwich_norms": [
         ("layers.{i}.post_attn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
         ("layers.{i}.mlp_norm.weight", "model.layers.{i}.pre_feedforward_layernorm.weight"),

