@@ -15,9 +15,10 @@ from pathlib import Path
 from .config import DEFAULT_MODEL, cache_root
 from .quant_spec import EMBEDDING_MODES, INT4_METHODS, QUANT_MODES
 
-# `generate` compiles the decode step (auto) from this many new tokens: compiling costs ~10 s with inductor's
-# cache warm (~45 s the very first time), which decode at the compiled speed repays after about this many
-# tokens on 2 CPU cores (benchmarks/cpu_decode.py: eager vs compiled tok/s of the default mode)
+# `generate` compiles the decode step (auto) from this many new tokens. Measured by benchmarks/cpu_decode.py
+# (default vs default-eager, 2 cores): compiling cost ~10 s with inductor's cache warm on one host, ~15 s on a
+# slower one (45-90 s the very first time), and saved 7-24 ms per token (23.4 -> 28.0 and 21.0 -> 43.2 tok/s):
+# it pays for itself after ~600-2,000 tokens
 COMPILE_MIN_TOKENS = 1024
 
 
