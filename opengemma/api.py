@@ -207,14 +207,15 @@ def load(
         raise ValueError("gemv=True is for GPUs: the Triton GEMV kernel runs on CUDA devices")
     quant_spec.validate(quantize, embedding_quantize, int4_method)  # before any conversion
     float_dir, name = store.resolve_source(source, progress)
+    info = store.source_info(float_dir)
     spec = quant_spec.resolve(
         quantize,
         group_size,
         embedding_quantize,
         int4_method,
-        num_params=read_config(float_dir).num_params(),
+        num_params=read_config(float_dir).num_params() if quantize is not None else None,
         on_gpu=dev.type == "cuda",
-        from_gguf=store.gguf_source(float_dir) is not None,
+        from_gguf=store.gguf_source(info) is not None,
     )
     dt = resolve_dtype(dtype if dtype is not None or spec is None else "bfloat16", dev)
     if dev.type == "cpu":
@@ -226,7 +227,6 @@ def load(
         model = load_hf_dir(store.dtype_variant(float_dir, dt), dtype=dt, device=dev)
     if gemv:
         set_gemv(model)
-    info = store.source_info(float_dir)
     it = info.get("instruction_tuned")
     if it is None:
         it = _looks_instruction_tuned(float_dir, name)

@@ -23,9 +23,10 @@ def default_embedding(mode: str) -> str:
 
 
 def canonical_embedding(embedding: str | None) -> str:
-    """One spelling per choice: None (the Python API's float) -> "float"; "default" stays until resolved."""
+    """One spelling per choice: None (the Python API's float) -> "float"; "default" stays until resolved
+    ("file", gguf mode's own embedding type, is what resolution makes of it, never a user's word)."""
     e = "float" if embedding is None else embedding
-    if e not in (*EMBEDDING_MODES, "default", "file"):
+    if e not in (*EMBEDDING_MODES, "default"):
         raise ValueError(
             f"unknown embedding quantization {embedding!r}; choose from {', '.join(EMBEDDING_MODES)} or default"
         )
@@ -83,7 +84,8 @@ def resolve(
     """The user's words -> a QuantSpec, or None for float weights.
 
     quantize: None, "int8", "int4", "gguf", or "auto": a GGUF source's own quantization with the int4+int8
-    output layer on CPU (decode 1.29x llama.cpp, perplexity within 0.6% of float: docs/quantization.md),
+    output layer on CPU (decode 1.00x-1.16x llama.cpp across hosts, perplexity within 0.6% of float:
+    docs/benchmarks.md, docs/quantization.md),
     int8 for other CPU sources, float (bfloat16) on a GPU. embedding: EMBEDDING_MODES or "default" (the
     mode's own, default_embedding). from_gguf: the weights come from a GGUF file that is still there.
     num_params: the model's size, for int4_method "auto" (GPTQ on a GPU or under AUTO_GPTQ_MAX_PARAMS)."""

@@ -73,9 +73,9 @@ def source_info(float_dir: Path) -> dict:
         return {}
 
 
-def gguf_source(float_dir: Path) -> Path | None:
-    """The GGUF file an opengemma cache directory was converted from, if it is still there."""
-    src = source_info(float_dir).get("source")
+def gguf_source(info: dict) -> Path | None:
+    """The GGUF file an opengemma cache directory was converted from (its source_info), if it is still there."""
+    src = info.get("source")
     return Path(src) if src and str(src).lower().endswith(".gguf") and Path(src).exists() else None
 
 
@@ -135,7 +135,7 @@ def _quantize(
     calibration = None
     if spec.gptq:
         calibration = [b.to(device) for b in calibration_batches(tokenizer)]
-    gguf_path = gguf_source(float_dir)
+    gguf_path = gguf_source(source_info(float_dir))
     # the file's 4-bit blocks are taken as they are, not rounded again; parsing its header takes seconds:
     # only when quantizing
     reader = open_gguf(gguf_path) if spec.keep_file_int4 or spec.mode == "gguf" else None
