@@ -17,7 +17,7 @@ from ..model import Gemma
 from ..qlinear import Int4Linear
 from ..quantize import empty_quantized, prepare_quantized
 from . import CheckpointError, assign_state_dict, check_names, meta_model
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .mmap import mmap_safetensors
 
 

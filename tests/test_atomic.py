@@ -1,4 +1,4 @@
-"""weights/atomic.py, the one atomic write behind every cache, converted checkpoint and GGUF file: a finished
+"""atomic.py, the one atomic write behind every cache, converted checkpoint and GGUF file: a finished
 write replaces the old version in one rename; a failed or killed one leaves the old version (or nothing) and
 never a half-written file under the real name."""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from opengemma.weights.atomic import atomic_path
+from opengemma.atomic import atomic_path
 
 
 def test_a_finished_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -48,7 +48,7 @@ def test_kill_9_mid_write_never_leaves_a_half_file_under_the_real_name(tmp_path)
     dst = tmp_path / "model.safetensors"
     dst.write_bytes(b"complete old file")
     code = (
-        "import os, sys, time\nfrom opengemma.weights.atomic import atomic_path\n"
+        "import os, sys, time\nfrom opengemma.atomic import atomic_path\n"
         f"with atomic_path({str(dst)!r}) as tmp:\n"
         "    f = open(tmp, 'wb'); f.write(b'half of a new'); f.flush()\n"
         "    print('writing', flush=True); time.sleep(60)\n"
