@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..config import LAYER_GLOBAL, LAYER_LOCAL, GemmaConfig
 from ..model import Gemma
 from . import CheckpointError, assign_state_dict, check_names, expand_map, meta_model
-from ..atomic import atomic_path
 from .gguf_tokenizer import add_tokenizer
 
 ARCHITECTURES = ("gemma", "gemma2", "gemma3")

@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
 from ..config import GemmaConfig
 from ..model import Gemma
 from . import CheckpointError, assign_state_dict, check_names, expand_map, meta_model
-from ..atomic import atomic_path
 from .mmap import mmap_safetensors
 
 # opengemma name <- Hugging Face name. Note the trap: in Gemma 1 "post_attention_layernorm" is the

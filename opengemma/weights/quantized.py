@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
 from ..config import GemmaConfig
 from ..model import Gemma
 from ..qlinear import Int4Linear
 from ..quantize import empty_quantized, prepare_quantized
 from . import CheckpointError, assign_state_dict, check_names, meta_model
-from ..atomic import atomic_path
 from .mmap import mmap_safetensors
 
 

