@@ -230,6 +230,12 @@ def test_errors_are_clear(tok, corpus, tmp_path):
     other = Tokenizer(proto.SerializeToString())
     with pytest.raises(ValueError, match="another tokenizer"):
         tokenize_parts(parts, tmp_path / "out", other, read_jsonl, progress=False)
+    # killed before its manifest: the part records still tell the tokenizers apart, so the part is redone
+    (tmp_path / "out" / "manifest.json").unlink()
+    before = _stamp(tmp_path / "out/books/p0.json")
+    tokenize_parts(parts[:1], tmp_path / "out", other, read_jsonl, progress=False)
+    assert _stamp(tmp_path / "out/books/p0.json") != before
+    assert load_manifest(tmp_path / "out")["tokenizer"]["sha256"] == hashlib.sha256(other.model_proto_bytes).hexdigest()
 
     class Huge:
         vocab_size, bos_id, eos_id, model_proto_bytes = 2**32 + 1, 2, 1, b""
