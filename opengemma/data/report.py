@@ -148,7 +148,7 @@ def markdown(report: dict) -> str:
     if errors:
         lines += ["", "## Malformed input records (skipped)", ""]
         for name, e in errors.items():
-            where = "; ".join(f"{p}:{line}: {msg}" for p, line, msg in e["examples"][:5])
+            where = "; ".join(f"{x['path']}:{x['line']}: {x['message']}" for x in e["examples"][:5])
             lines.append(f"- {name}: {e['count']:,} ({where})")
     lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["seconds"].items()]
