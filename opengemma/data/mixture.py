@@ -247,6 +247,8 @@ class _Stream:
         """The n tokens from cursor (epoch, pos), where documents start in them, and the cursor after them."""
         pieces, starts, filled = [], [], 0
         while filled < n:
+            if pos >= self.epoch_tokens:  # a cursor at (or, from a state of bigger shards, past) an epoch's end
+                epoch, pos = epoch + 1, 0
             perm, offsets = self.epoch(epoch)
             take = min(n - filled, self.epoch_tokens - pos)
             first = int(np.searchsorted(offsets, pos, side="right")) - 1  # the document holding pos
@@ -257,8 +259,8 @@ class _Stream:
             begin = offsets[first:stop]
             starts.append(begin[begin >= pos] - pos + filled)
             filled, pos = filled + take, pos + take
-            if pos == self.epoch_tokens:  # the cursor never rests at an epoch's end: it is the next one's start
-                epoch, pos = epoch + 1, 0
+        if pos == self.epoch_tokens:  # one spelling per position: an epoch's end is the next one's start
+            epoch, pos = epoch + 1, 0
         tokens = np.concatenate(pieces).view(np.ndarray)  # a fresh array (windows cross documents), not a memmap
         return tokens, np.concatenate(starts).astype(np.int64), epoch, pos
 

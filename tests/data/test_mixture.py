@@ -206,6 +206,14 @@ def test_resume_gives_the_uninterrupted_samples():
         rest = [(s.step, s.stage, s.source, s.tokens.tolist(), s.doc_starts.tolist()) for s in resumed]
         assert rest == full[k:], k
         assert resumed.realized() == uninterrupted.realized()  # the counts travel in the state too
+    # a cursor spelled at its epoch's end reads on from the next epoch's start
+    at_end = MixtureSampler(m, 8, shards=shards())
+    at_end.load_state_dict({**state, "step": 0, "cursors": {"a": [1, 0], "b": [0, 0], "c": [0, 0]}})
+    ends = json.loads(json.dumps(state))
+    ends.update(step=0, cursors={"a": [0, int(shards()["a"].lengths().sum())], "b": [0, 0], "c": [0, 0]})
+    spelled = MixtureSampler(m, 8, shards=shards())
+    spelled.load_state_dict(ends)
+    assert [s.tokens.tolist() for s in at_end] == [s.tokens.tolist() for s in spelled]
     with pytest.raises(ValueError, match="seq_len"):
         MixtureSampler(m, 9, shards=shards()).load_state_dict(state)
 
