@@ -247,7 +247,7 @@ class _Stream:
         """The n tokens from cursor (epoch, pos), where documents start in them, and the cursor after them."""
         pieces, starts, filled = [], [], 0
         while filled < n:
-            if pos >= self.epoch_tokens:  # a cursor at (or, from a state of bigger shards, past) an epoch's end
+            if pos >= self.epoch_tokens:  # at an epoch's end (or past it: a state from bigger shards)
                 epoch, pos = epoch + 1, 0
             perm, offsets = self.epoch(epoch)
             take = min(n - filled, self.epoch_tokens - pos)
@@ -259,8 +259,6 @@ class _Stream:
             begin = offsets[first:stop]
             starts.append(begin[begin >= pos] - pos + filled)
             filled, pos = filled + take, pos + take
-        if pos == self.epoch_tokens:  # one spelling per position: an epoch's end is the next one's start
-            epoch, pos = epoch + 1, 0
         tokens = np.concatenate(pieces).view(np.ndarray)  # a fresh array (windows cross documents), not a memmap
         return tokens, np.concatenate(starts).astype(np.int64), epoch, pos
 
