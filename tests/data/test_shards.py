@@ -117,6 +117,15 @@ def test_process_pool_equals_one_process(tok, corpus, tmp_path):
     assert len(one) == 4 * 3 + 1 and one == files(tmp_path / "fork") == files(tmp_path / "spawn")
 
 
+def test_sources_added_in_two_calls_equal_one_call(tok, corpus, tmp_path):
+    """A manifest keeps the sources an earlier call made: tokenizing source by source ends where one call does."""
+    parts, _ = corpus
+    tokenize_parts(parts, tmp_path / "once", tok, read_jsonl, progress=False)
+    tokenize_parts([p for p in parts if p[0] == "books"], tmp_path / "twice", tok, read_jsonl, progress=False)
+    tokenize_parts([p for p in parts if p[0] == "web"], tmp_path / "twice", tok, read_jsonl, progress=False)
+    assert files(tmp_path / "twice") == files(tmp_path / "once")
+
+
 def _stamp(p: Path) -> tuple[int, int]:
     st = p.stat()
     return st.st_ino, st.st_mtime_ns  # atomic_path renames a new file in: a rewrite changes the inode
