@@ -198,6 +198,13 @@ def tokenize_parts(
             records[source, name] = rec
         else:
             todo.append((source, name, Path(path)))
+    sources = dict(old["sources"]) if old else {}
+    changing = {s for s, _, _ in todo} & set(sources)
+    if changing:
+        # The manifest lists finished sources only: the ones about to change leave it first, so a crash from here
+        # on cannot leave it describing files that have since been replaced.
+        sources = {k: v for k, v in sources.items() if k not in changing}
+        _write_manifest(out, info, sources)
     bar = tqdm(total=len(parts), initial=len(records), desc="tokenize", unit=" parts", disable=not progress)
     try:
         if workers <= 1 or len(todo) <= 1:
@@ -216,7 +223,6 @@ def tokenize_parts(
     finally:
         bar.close()
 
-    sources = dict(old["sources"]) if old else {}
     for source in dict.fromkeys(s for s, _, _ in parts):  # first-seen order
         entries = [
             {k: records[s, n][k] for k in ("name", "n_docs", "n_tokens", "sha256")} for s, n, _ in parts if s == source
@@ -226,6 +232,10 @@ def tokenize_parts(
             "n_docs": sum(e["n_docs"] for e in entries),
             "n_tokens": sum(e["n_tokens"] for e in entries),
         }
+    return _write_manifest(out, info, sources)
+
+
+def _write_manifest(out: Path, info: dict, sources: dict) -> dict:
     manifest = {
         "tokenizer": info,
         "dtype": "uint32",

@@ -41,6 +41,10 @@ def read_jsonl(path: Path):
             yield json.loads(line)["text"]
 
 
+def crashing_read(path: Path):
+    raise RuntimeError("crash")
+
+
 def write_part(path: Path, docs: list[str]) -> Path:
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     return path
@@ -148,9 +152,13 @@ def test_rerun_redoes_only_unfinished_parts(tok, corpus, tmp_path):
     assert redone == {
         f"{s}/{n}.{e}" for s, n in (("books", "p0"), ("books", "p1"), ("web", "p1")) for e in ("bin", "idx.npy", "json")
     } | {"manifest.json"}
-    # a changed input (here: the empty part gains a document) makes that part stale, and only that one
+    # a changed input (here: the empty part gains a document) makes that part stale, and only that one; while
+    # it is redone its source is out of the manifest, so a crash then leaves no stale description of it
     before = {p: _stamp(p) for p in out.rglob("*") if p.is_file()}
     write_part(parts[2][2], ["one more"])
+    with pytest.raises(RuntimeError, match="crash"):
+        tokenize_parts(parts, out, tok, crashing_read, progress=False)
+    assert list(load_manifest(out)["sources"]) == ["books"]
     tokenize_parts(parts, out, tok, read_jsonl, progress=False)
     redone = {str(p.relative_to(out)) for p, s in before.items() if _stamp(p) != s}
     assert redone == {"web/p0.bin", "web/p0.idx.npy", "web/p0.json", "manifest.json"}
