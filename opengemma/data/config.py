@@ -3,6 +3,7 @@ and overridden by command-line flags; the defaults are the published ones each s
 
     [read]     text_field, id_field, text_unit ("file" | "paragraph" for plain text)
     [filters]  per filter name (filters.FILTERS) its thresholds, `enabled = false` to skip one
+    [source_filters.<source>.<filter>]  the same for one source only (a dictionary is not judged as web text)
     [dedup]    exact, minhash, ngram, bands, rows, seed
     [pii]      enabled, kinds
     [decontam] enabled, n, mode ("remove" | "excise"), tasks (default: every eval task whose data is installed)
@@ -73,6 +74,14 @@ class RunConfig:
 class PipelineConfig:
     read: ReadConfig = field(default_factory=ReadConfig)
     filters: dict = field(default_factory=dict)  # filters.build_filters' table; `enabled = false` turns one off
+    source_filters: dict = field(default_factory=dict)  # source name -> a filters table over the one above
+
+    def filters_for(self, source: str) -> dict:
+        """The filter table one source runs with: the global one, each filter's keys overridden by the source's."""
+        out = {k: dict(v) for k, v in self.filters.items()}
+        for name, values in self.source_filters.get(source, {}).items():
+            out[name] = {**out.get(name, {}), **values}
+        return out
     dedup: DedupConfig = field(default_factory=DedupConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
@@ -103,6 +112,9 @@ def from_dict(d: dict, where: str = "config") -> PipelineConfig:
             raise ValueError(f"{where}: [{section}] must be a table, got {values!r}")
         if section == "filters":
             cfg.filters = {k: dict(v) for k, v in values.items()}
+            continue
+        if section == "source_filters":
+            cfg.source_filters = {src: {k: dict(v) for k, v in t.items()} for src, t in values.items()}
             continue
         sub = getattr(cfg, section)
         known = {f.name: f for f in dataclasses.fields(sub)}

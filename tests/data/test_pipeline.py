@@ -166,10 +166,11 @@ def test_kill_9_mid_run_then_rerun_equals_one_clean_run(tmp_path, tokenizer):
 import os, signal
 from pathlib import Path
 import opengemma.data.pipeline as p
+import opengemma.data.stages as stages
 from opengemma.data.decontam import EvalText
 from opengemma.tokenizer import Tokenizer
 calls = []
-real = p.write_jsonl_gz
+real = stages.write_jsonl_gz
 def write(path, records, level=3):
     n = real(path, records, level)
     if "kept" in Path(path).parts:
@@ -177,7 +178,7 @@ def write(path, records, level=3):
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
     return n
-p.write_jsonl_gz = write
+stages.write_jsonl_gz = write
 cfg = p.PipelineConfig()
 cfg.run.shard_docs, cfg.run.workers = 5, 1
 evals = [EvalText(*e) for e in {[(e.task, e.item, e.text) for e in evals]!r}]
