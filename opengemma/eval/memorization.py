@@ -6,7 +6,7 @@ The Gemma report's method (after Carlini et al. and the PaLM study): take sequen
 (50 + 50) tokens from a corpus, prompt with <bos> + the prefix, greedily generate suffix_len tokens.
 Exact memorization: the continuation equals the true suffix. Approximate memorization: within 10% token
 edit distance of it (<= 5 edits for 50 tokens; exact counts as approximate). Rates come with 95% Wilson
-score intervals, and the sensitive-data detector (eval/sensitive.py) is run over the memorized outputs.
+score intervals, and the sensitive-data detector (data/pii.py) is run over the memorized outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .sensitive import find_sensitive
+from ..data.pii import find_sensitive
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 TEXT_SUFFIXES = (".txt", ".md")

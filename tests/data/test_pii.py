@@ -1,9 +1,10 @@
-"""The sensitive-data detector: each kind found in context with exact offsets, and hard negatives (dates,
-versions, prices, look-alike numbers that fail their check digits or issuing rules) that must not fire."""
+"""The personal-data detector: each kind found in context with exact offsets, and hard negatives (dates,
+versions, prices, look-alike numbers that fail their check digits or issuing rules) that must not fire;
+redaction replaces exactly the real findings, by kind, with the right tags."""
 
 import pytest
 
-from opengemma.eval.sensitive import find_sensitive, iban_valid, luhn_valid
+from opengemma.data.pii import PLACEHOLDERS, find_sensitive, iban_valid, luhn_valid, redact
 
 POSITIVES = [
     ("email", "john.doe+tag@mail.example.co.uk"),
@@ -108,3 +109,51 @@ def test_plain_prose_is_clean():
         "The slings and arrows of outrageous fortune, Or to take arms against a sea of troubles."
     )
     assert find_sensitive(prose) == [] and find_sensitive("") == []
+
+
+# -- redaction ---------------------------------------------------------------------------------------------
+MIXED = (
+    "Mail jane.doe@example.com or call (415) 555-2671 from 192.168.1.10; card 4111 1111 1111 1111 "
+    "(not 4111 1111 1111 1112), version 1.2.3.4, on 2023-10-15."
+)
+
+
+def test_every_kind_has_a_placeholder():
+    assert set(PLACEHOLDERS) == {kind for kind, _ in POSITIVES}
+    assert PLACEHOLDERS["email"] == "<EMAIL>" and PLACEHOLDERS["ipv4"] == PLACEHOLDERS["ipv6"] == "<IP_ADDRESS>"
+
+
+def test_redact_replaces_only_the_real_ones():
+    text, found = redact(MIXED)
+    assert text == (
+        "Mail <EMAIL> or call <PHONE_NUMBER> from <IP_ADDRESS>; card <CREDIT_CARD> "
+        "(not 4111 1111 1111 1112), version 1.2.3.4, on 2023-10-15."
+    )
+    # offsets into the original text, counted by hand
+    assert [(f.kind, f.text, f.start, f.end) for f in found] == [
+        ("email", "jane.doe@example.com", 5, 25),
+        ("phone", "(415) 555-2671", 34, 48),
+        ("ipv4", "192.168.1.10", 54, 66),
+        ("credit_card", "4111 1111 1111 1111", 73, 92),
+    ]
+
+
+def test_redact_kinds_filter():
+    text, found = redact(MIXED, kinds={"email", "ipv4"})
+    assert text == (
+        "Mail <EMAIL> or call (415) 555-2671 from <IP_ADDRESS>; card 4111 1111 1111 1111 "
+        "(not 4111 1111 1111 1112), version 1.2.3.4, on 2023-10-15."
+    )
+    assert [f.kind for f in found] == ["email", "ipv4"]
+    assert redact(MIXED, kinds=[]) == (MIXED, [])
+    # an IBAN's digits never get redacted as a phone number: the IBAN wins the overlap, then is filtered out
+    iban = "Pay DE89 3704 0044 0532 0130 00 now."
+    assert redact(iban, kinds=["phone"]) == (iban, [])
+    assert redact(iban)[0] == "Pay <IBAN> now."
+    with pytest.raises(ValueError, match="unknown PII kinds \\['mail'\\]; valid: email, phone"):
+        redact(MIXED, kinds=["mail"])
+
+
+def test_redact_clean_text_is_unchanged():
+    prose = "Version 2.0.1.3 shipped on 25.12.2023 for $1,234.56."
+    assert redact(prose) == (prose, [])

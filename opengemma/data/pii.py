@@ -1,7 +1,9 @@
-"""A rule-based sensitive-data detector: find_sensitive(text) -> [Finding(kind, text, start, end)].
+"""The one detector of personal data, for both sides: find_sensitive(text) -> [Finding(kind, text, start, end)];
+redact(text) -> (text with each finding replaced by its kind's tag, the findings).
 
-The memorization study runs it over memorized model outputs (the Gemma report runs a sensitive-data
-classifier there). Each kind is a candidate regex plus a validator (Luhn for cards, mod 97 for IBANs, the
+The data pipeline redacts what it finds before tokenizing (the Gemma report removes personal and sensitive
+data from the pretraining mix); the memorization study (eval/memorization.py) runs the same detector over
+memorized model outputs (the Gemma report runs a sensitive-data classifier there). Each kind is a candidate regex plus a validator (Luhn for cards, mod 97 for IBANs, the
 issuing rules for SSNs and National Insurance numbers, octet ranges for IPv4, the stdlib parser for
 IPv6), because precision matters more than recall here: a detector that fires on dates, prices or
 version numbers would bury the one real leak under noise.
@@ -15,6 +17,7 @@ import ipaddress
 import re
 import string
 from dataclasses import dataclass
+from typing import Collection
 
 
 @dataclass(frozen=True)
@@ -210,3 +213,35 @@ def find_sensitive(text: str) -> list[Finding]:
             if all(e <= ks or s >= ke for _, ks, ke in kept):
                 kept.append((kind, s, e))
     return [Finding(kind, text[s:e], s, e) for kind, s, e in sorted(kept, key=lambda f: f[1])]
+
+
+# One tag per kind, as StarCoder's PII redaction (Li et al. 2023) replaces names, emails, keys and passwords with
+# <NAME>, <EMAIL>, <KEY>, <PASSWORD>. (StarCoder swaps IP addresses for synthetic private ones instead; a tag
+# cannot be mistaken for a real address, and says what was there.)
+PLACEHOLDERS: dict[str, str] = {
+    "email": "<EMAIL>",
+    "phone": "<PHONE_NUMBER>",
+    "credit_card": "<CREDIT_CARD>",
+    "iban": "<IBAN>",
+    "us_ssn": "<US_SSN>",
+    "uk_nino": "<UK_NINO>",
+    "ipv4": "<IP_ADDRESS>",
+    "ipv6": "<IP_ADDRESS>",
+    "street_address": "<STREET_ADDRESS>",
+}
+
+
+def redact(text: str, kinds: Collection[str] | None = None) -> tuple[str, list[Finding]]:
+    """(`text` with every finding of `kinds` (default: all) replaced by its PLACEHOLDERS tag, the findings with
+    their offsets into the original text). Every kind is detected and then filtered, so an IBAN is never
+    redacted as the phone number its digits also resemble."""
+    if kinds is not None:
+        unknown = set(kinds) - PLACEHOLDERS.keys()
+        if unknown:
+            raise ValueError(f"unknown PII kinds {sorted(unknown)}; valid: {', '.join(PLACEHOLDERS)}")
+    found = [f for f in find_sensitive(text) if kinds is None or f.kind in kinds]
+    parts, pos = [], 0
+    for f in found:  # in order, never overlapping
+        parts += [text[pos : f.start], PLACEHOLDERS[f.kind]]
+        pos = f.end
+    return "".join(parts) + text[pos:], found
