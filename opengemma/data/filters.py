@@ -363,8 +363,8 @@ def build_filters(config: dict | None = None) -> list[Filter]:
         valid = [f.name for f in fields(cls) if f.init]
         if unknown := sorted(set(params) - set(valid)):
             raise ValueError(f"{name}: unknown parameter(s) {', '.join(unknown)}; valid: enabled, {', '.join(valid)}")
-        if enabled:
-            out.append(cls(**params))
+        if enabled:  # a rule set to false is off (TOML has no null; None turns a threshold off)
+            out.append(cls(**{k: None if v is False else v for k, v in params.items()}))
     return out
 
 
