@@ -148,6 +148,10 @@ def _ninos(text: str):
 # -- IP addresses ------------------------------------------------------------------------------------
 _IPV4 = re.compile(r"(?<![\w.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w-]|\.\w)")
 _VERSION_WORD = re.compile(r"\b(?:version|release|ver\.?|v)\s*$", re.I)
+# "1.1.2.1 PEP 657: ..." heading a line and underlined on the next (Info and reST headings: "....", "====") is a
+# section number: 3,835 of the 4,115 dotted quads of the Python manual (python3.11.info) were such headings.
+_LINE_START = re.compile(r"(?:^|\n)[ \t]*$")
+_UNDERLINED_TITLE = re.compile(r" +\S[^\n]*\n[ \t]*([.=*~^-])\1{2,}[ \t]*(?:\n|$)")
 
 
 def _ipv4s(text: str):
@@ -159,6 +163,8 @@ def _ipv4s(text: str):
             continue
         if _VERSION_WORD.search(text[max(0, m.start() - 10) : m.start()]):  # "version 1.2.3.4"
             continue
+        if _LINE_START.search(text[max(0, m.start() - 20) : m.start()]) and _UNDERLINED_TITLE.match(text, m.end()):
+            continue  # "1.1.2.1 PEP 657: Fine-grained error locations" (a section heading)
         yield "ipv4", m.start(), m.end()
 
 

@@ -70,6 +70,7 @@ NEGATIVES = [
     "Mixed separators 123-45 6789 and bare 123456789.",
     "Not NI numbers: QQ 12 34 56 C (Q prefix), GB 12 34 56 A (reserved), AB 12 34 56 E.",
     "Not IPs: 256.1.1.1, 1.2.3.4.5, 01.02.03.04, 10.0.0.",
+    "Intro\n1.1.2.1 PEP 657: Fine-grained error locations\n.........\n\n1.21.70.4 IDLE\n==============\n",  # headings
     "Code: std::vector, a::b, dead::beef, ::, 12:30.",
     "Short numbers: call 555-1234, extension 4412, room 101, 123-456-789.",
     "Not emails: user@localhost, foo@bar.1, @handle, a..b@example.com.",
@@ -157,3 +158,10 @@ def test_redact_kinds_filter():
 def test_redact_clean_text_is_unchanged():
     prose = "Version 2.0.1.3 shipped on 25.12.2023 for $1,234.56."
     assert redact(prose) == (prose, [])
+
+
+def test_addresses_heading_log_lines_are_found_and_underlined_section_numbers_are_not():
+    log = "127.0.0.1 GET /index.html\n10.1.2.3 POST /login\n  8.8.8.8 resolver\n"
+    assert [f.text for f in find_sensitive(log)] == ["127.0.0.1", "10.1.2.3", "8.8.8.8"]
+    manual = "1.21.70.4 IDLE\n==============\n\n5.18.1.87 Base Protocols\n........\n"
+    assert find_sensitive(manual) == []
