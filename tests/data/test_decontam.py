@@ -226,3 +226,10 @@ def test_report_counts_items_with_70_percent_of_their_8grams_in_the_corpus():
     rep = contamination_report([twice], [" ".join("abcdefghijkl")], n=8, threshold=0.4)
     assert rep["tasks"]["rep"]["examples"][0]["overlap"] == 5 / 12
     assert contamination_report(items, [], n=8)["total"]["contaminated"] == 0
+
+
+def test_ngrams_of_numbers_only_are_not_evidence():
+    numbers = " ".join(str(i) for i in range(1, 30))
+    index = NGramIndex([EvalText("t", "1", f"assert f(x) == [{numbers}]")], n=13)
+    assert index.matches(f"a table: {numbers}") == []  # shares 13-grams of numbers only
+    assert index.matches("we assert f(x) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11")  # a 13-gram with words matches
