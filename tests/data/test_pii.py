@@ -2,9 +2,11 @@
 versions, prices, look-alike numbers that fail their check digits or issuing rules) that must not fire;
 redaction replaces exactly the real findings, by kind, with the right tags."""
 
+import random
+
 import pytest
 
-from opengemma.data.pii import PLACEHOLDERS, find_sensitive, iban_valid, luhn_valid, redact
+from opengemma.data.pii import PLACEHOLDERS, _find_sensitive_whole, find_sensitive, iban_valid, luhn_valid, redact
 
 POSITIVES = [
     ("email", "john.doe+tag@mail.example.co.uk"),
@@ -165,3 +167,15 @@ def test_addresses_heading_log_lines_are_found_and_underlined_section_numbers_ar
     assert [f.text for f in find_sensitive(log)] == ["127.0.0.1", "10.1.2.3", "8.8.8.8"]
     manual = "1.21.70.4 IDLE\n==============\n\n5.18.1.87 Base Protocols\n........\n"
     assert find_sensitive(manual) == []
+
+
+def test_scanning_near_digits_only_finds_what_a_whole_text_scan_finds():
+    # find_sensitive scans the text within 100 characters of its digits; _find_sensitive_whole scans everything
+    rng = random.Random(0)
+    values = [v for _, v in POSITIVES] + NEGATIVES + [MIXED]
+    filler = "the quick brown fox jumps over a lazy dog near 221B Baker Street; see ::1 and fe80::1. " * 3
+    for _ in range(200):
+        pieces = rng.sample(values, 3) + [filler[: rng.randrange(len(filler))]]
+        rng.shuffle(pieces)
+        text = (" " * rng.randrange(1, 150)).join(pieces)
+        assert find_sensitive(text) == _find_sensitive_whole(text), text
