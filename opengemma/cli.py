@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dp = dsub.add_parser("prepare", help="raw text -> filtered, deduplicated, decontaminated token shards + report")
     data_config.add_arguments(dp)
+    dp.add_argument("--quality-model", help="model-based quality: drop documents this model finds too perplexing")
+    dp.add_argument("--max-perplexity", type=float, help="with --quality-model: the highest perplexity kept")
+    dp.add_argument("--quality-tokens", type=int, default=512, help="score each document's first N tokens (512)")
     dp.set_defaults(func=cmd_data_prepare)
     dt = dsub.add_parser("tokenize", help="token shards of documents, unfiltered")
     dt.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -457,8 +460,16 @@ def cmd_data_prepare(args) -> int:
     tokenizer = None
     if cfg.tokenize.enabled and not cfg.tokenize.train_vocab:
         tokenizer = _tokenizer(cfg.tokenize.tokenizer)
+    scores = []
+    if args.quality_model:
+        if args.max_perplexity is None:
+            raise ValueError("--quality-model needs --max-perplexity (the highest perplexity a document may have)")
+        from .data.filters import ScoreFilter
+
+        scorer = _Perplexity(args.quality_model, args.quality_tokens, progress)
+        scores.append(ScoreFilter(f"{Path(args.quality_model).name}_perplexity", scorer, max_score=args.max_perplexity))
     report = prepare(args.inputs, args.out, cfg, eval_texts=texts, tokenizer=tokenizer, progress=progress,
-                     force=args.force)  # fmt: skip
+                     force=args.force, score_filters=scores)  # fmt: skip
     t = report["totals"]
     print(
         f"{t['docs_in']:,} documents in, {t['docs_out']:,} kept"
@@ -466,6 +477,25 @@ def cmd_data_prepare(args) -> int:
     )
     print(f"wrote {args.out}/kept, removed, shards, report.json, report.md, report.png", file=sys.stderr)
     return 0
+
+
+class _Perplexity:
+    """A model's perplexity of each text's first `tokens` tokens (after <bos>): the model-based quality score
+    (the Gemma report filters with model-based classifiers; a small LM's perplexity is the CCNet way)."""
+
+    def __init__(self, model: str, tokens: int, progress: bool):
+        from .api import load
+        from .eval.scorer import Scorer
+
+        self.llm = load(model)
+        self.scorer, self.tokens = Scorer(self.llm, max_len=tokens + 1, progress=progress), tokens
+
+    def __call__(self, texts: list[str]) -> list[float]:
+        from .eval.scorer import perplexity
+
+        tok = self.llm.tokenizer
+        seqs = [[tok.bos_id] + tok.encode(t, bos=False)[: self.tokens] for t in texts]
+        return [perplexity(lp, n) for lp, n in self.scorer.rolling_tokens(seqs, desc="quality model")]
 
 
 def cmd_data_tokenize(args) -> int:

@@ -10,7 +10,10 @@ Modules, in the order data flows through them:
 - tokenizer_train.py  a SentencePiece model with Gemma's choices
 - shards.py      uint32 token shards with document boundaries, checksums and a manifest; resumable
 - mixture.py     staged mixtures (TOML) and their deterministic, resumable sampler
-- config.py, pipeline.py   `opengemma data prepare`: the whole chain, its outputs and report
+- config.py      the pipeline's settings (TOML values, flags)
+- stages.py, pipeline.py, report.py   `opengemma data prepare`: the stages' bodies, the run (process pool,
+                 resumption), report.json/md/png
+- scale.py       the same stages as datatrove pipeline steps, for Slurm or Ray clusters (optional extra)
 
 The package imports the tokenizer only (and the atomic-write leaf): never the model, the engine, training or
 eval (the caller passes eval texts in), so it runs on machines without torch's heavy parts in play.

@@ -163,13 +163,16 @@ def prepare(
     ]
     timed("quality", run_units, quality_shard, jobs, workers, "quality filters", progress)
 
-    for f in score_filters:  # the model runs here, in batches, once per shard
+    if score_filters:  # the model runs here, in batches, once per shard; a row's first failing filter removes it
         for s in shards:
-            if not (s / "score.npy").exists():
+            if read_json(s / "score.json") is None:
                 texts = [r["text"] for r in read_jsonl_gz(s / "kept.jsonl.gz")]
-                keep = np.array([r is None for r in timed("score", f.reasons, texts)], dtype=bool)
-                with atomic_path(s / "score.npy") as tmp, open(tmp, "wb") as fh:
-                    np.save(fh, keep)
+                verdicts: list = [None] * len(texts)
+                for f in score_filters:
+                    for i, reason in enumerate(timed("score", f.reasons, texts)):
+                        if verdicts[i] is None and reason is not None:
+                            verdicts[i] = [f.name, reason]
+                write_json(s / "score.json", verdicts)
 
     mh = dedup.MinHashConfig(cfg.dedup.ngram, cfg.dedup.bands, cfg.dedup.rows, cfg.dedup.seed)
     jobs = [(s, mh, cfg.dedup.minhash) for s in shards if read_json(s / "ids.json") is None]

@@ -49,9 +49,6 @@ def build_report(read, shards, shard_source, cluster_stats, manifest, timings, c
             d = decontam.setdefault(task, {"documents": 0, "examples": []})
             d["documents"] += t["documents"]
             d["examples"] = (d["examples"] + t["examples"])[:5]
-    score_removed = _score_removed(shards, shard_source)
-    for name, n in score_removed.items():
-        sources[name]["removed"]["model_score"] = {"docs": n, "bytes": None}
     if manifest is not None:
         for name, m in manifest.get("sources", {}).items():
             sources[name]["tokens"] = sum(p["n_tokens"] for p in m["parts"])
@@ -81,16 +78,6 @@ def build_report(read, shards, shard_source, cluster_stats, manifest, timings, c
         "config": cfg.to_dict(),
         "tokenizer": manifest.get("tokenizer") if manifest else None,
     }
-
-
-def _score_removed(shards, shard_source) -> dict[str, int]:
-    import numpy as np
-
-    out: dict[str, int] = {}
-    for shard, name in zip(shards, shard_source):
-        if (shard / "score.npy").exists():
-            out[name] = out.get(name, 0) + int((~np.load(shard / "score.npy")).sum())
-    return out
 
 
 def _order(stage: str) -> int:

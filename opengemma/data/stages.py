@@ -126,13 +126,16 @@ def quality_shard(job: tuple[Path, Path, dict]) -> dict:
     return stats
 
 
+def _scored(shard: Path) -> Iterator[tuple[dict, list | None]]:
+    """(document, [stage, reason] if the model score removed it else None) for each quality survivor."""
+    verdicts = read_json(shard / "score.json") if (shard / "score.json").exists() else None
+    for i, rec in enumerate(read_jsonl_gz(shard / "kept.jsonl.gz")):
+        yield rec, verdicts[i] if verdicts is not None else None
+
+
 def _survivors(shard: Path) -> Iterator[dict]:
     """The documents of a shard that passed the quality filters and, if it ran, the model score."""
-    mask_path = shard / "score.npy"
-    mask = np.load(mask_path) if mask_path.exists() else None
-    for i, rec in enumerate(read_jsonl_gz(shard / "kept.jsonl.gz")):
-        if mask is None or mask[i]:
-            yield rec
+    return (rec for rec, verdict in _scored(shard) if verdict is None)
 
 
 def signature_shard(job: tuple[Path, dedup.MinHashConfig, bool]) -> int:
@@ -181,6 +184,9 @@ def final_shard(job: dict) -> dict:
         r = stats["removed"].setdefault(stage, [0, 0])
         r[0], r[1] = r[0] + 1, r[1] + n
 
+    for rec, verdict in _scored(shard):
+        if verdict is not None:
+            drop(rec, verdict[0], verdict[1], len(rec["text"].encode("utf-8")))
     for row, rec in enumerate(_survivors(shard)):
         g, text = off + row, rec["text"]
         n = len(text.encode("utf-8"))

@@ -73,3 +73,19 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     assert main(["data", "prepare", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o2"), "--disable", "decontam",
                  "--disable", "tokenize"]) == 2  # fmt: skip
     assert "x.csv" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_quality_model_perplexity_filter(tmp_path, gguf_path):
+    src = write_corpus(tmp_path, "nothing")
+    rng = random.Random(5)  # words no model expects (not repeated: a model predicts a copied phrase well)
+    garbage = " ".join("".join(rng.choice("qzxvbnmkjhwp") for _ in range(rng.randint(3, 8))) for _ in range(120))
+    with open(src, "a") as f:
+        f.write(json.dumps({"id": "garbage", "text": garbage + "\nthe and of to with that have be"}) + "\n")
+    out = tmp_path / "o"
+    argv = ["data", "prepare", str(src), "--out", str(out), "--disable", "decontam", "--disable", "tokenize",
+            "--disable", "quality", "--quality-model", gguf_path, "--max-perplexity", "450", "--quality-tokens", "64",
+            "--no-progress", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0  # measured: the prose scores 217-298, the garbage 641 (first 64 tokens, float model)
+    removed = [json.loads(line) for p in (out / "removed").glob("*.gz") for line in gzip.open(p, "rt")]
+    assert [r["id"] for r in removed] == ["garbage"] and removed[0]["stage"].endswith("_perplexity")

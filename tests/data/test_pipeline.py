@@ -230,3 +230,20 @@ def test_config_file_and_flags(tmp_path):
         data_config.load(toml)
     with pytest.raises(ValueError, match=r"unknown section \[filter\]"):
         data_config.from_dict({"filter": {}})
+
+
+def zebra_score(texts: list[str]) -> list[float]:
+    return [float(t.count("zebra")) for t in texts]
+
+
+def test_a_model_score_filter_removes_before_dedup_and_says_why(tmp_path):
+    from opengemma.data.filters import ScoreFilter
+
+    inputs, fate, evals = corpus(tmp_path)
+    cfg = small_config()
+    cfg.tokenize.enabled = False
+    scores = [ScoreFilter("zebra_model", zebra_score, max_score=0.5)]
+    report = prepare(inputs, tmp_path / "out", cfg, eval_texts=evals, score_filters=scores, progress=False)
+    removed = {r["id"]: r for p in (tmp_path / "out" / "removed").glob("*.gz") for r in read_jsonl_gz(p)}
+    assert removed["near"]["stage"] == "zebra_model" and "> 0.5" in removed["near"]["reason"]
+    assert report["stages"]["zebra_model"]["docs"] == 1 and "minhash_dedup" not in report["stages"]
