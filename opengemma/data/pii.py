@@ -235,26 +235,30 @@ def _digit_windows(text: str) -> list[tuple[int, int]]:
     return [(s, e) for s, e in windows]
 
 
-def find_sensitive(text: str) -> list[Finding]:
-    """Sensitive spans in `text`, in order of position, no two overlapping."""
-    kept: list[tuple[str, int, int]] = list(_emails(text)) if "@" in text else []
-    for ws, we in _digit_windows(text):
+def _scan(text: str, detectors, windows, kept: list | None = None) -> list[tuple[str, int, int]]:
+    """Each detector over each (start, end) window of `text`, in order, added to `kept`; an earlier find wins
+    an overlap."""
+    kept = [] if kept is None else kept
+    for ws, we in windows:
         window = text[ws:we]
-        for detect in _DETECTORS[1:]:  # emails (first, winning overlaps) were found above
+        for detect in detectors:
             for kind, s, e in detect(window):
                 s, e = s + ws, e + ws
                 if all(e <= ks or s >= ke for _, ks, ke in kept):
                     kept.append((kind, s, e))
+    return kept
+
+
+def find_sensitive(text: str) -> list[Finding]:
+    """Sensitive spans in `text`, in order of position, no two overlapping."""
+    kept = _scan(text, _DETECTORS[:1], [(0, len(text))]) if "@" in text else []  # emails first: they win overlaps
+    kept = _scan(text, _DETECTORS[1:], _digit_windows(text), kept)
     return [Finding(kind, text[s:e], s, e) for kind, s, e in sorted(kept, key=lambda f: f[1])]
 
 
 def _find_sensitive_whole(text: str) -> list[Finding]:
     """find_sensitive without the digit windows: the reference its tests compare with."""
-    kept: list[tuple[str, int, int]] = []
-    for detect in _DETECTORS:
-        for kind, s, e in detect(text):
-            if all(e <= ks or s >= ke for _, ks, ke in kept):
-                kept.append((kind, s, e))
+    kept = _scan(text, _DETECTORS, [(0, len(text))])
     return [Finding(kind, text[s:e], s, e) for kind, s, e in sorted(kept, key=lambda f: f[1])]
 
 
