@@ -75,6 +75,11 @@ class PipelineConfig:
     read: ReadConfig = field(default_factory=ReadConfig)
     filters: dict = field(default_factory=dict)  # filters.build_filters' table; `enabled = false` turns one off
     source_filters: dict = field(default_factory=dict)  # source name -> a filters table over the one above
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    pii: PIIConfig = field(default_factory=PIIConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def filters_for(self, source: str) -> dict:
         """The filter table one source runs with: the global one, each filter's keys overridden by the source's."""
@@ -82,11 +87,6 @@ class PipelineConfig:
         for name, values in self.source_filters.get(source, {}).items():
             out[name] = {**out.get(name, {}), **values}
         return out
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    pii: PIIConfig = field(default_factory=PIIConfig)
-    decontam: DecontamConfig = field(default_factory=DecontamConfig)
-    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
-    run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
