@@ -89,3 +89,9 @@ def test_quality_model_perplexity_filter(tmp_path, gguf_path):
     assert main(argv) == 0  # measured: the prose scores 217-298, the garbage 641 (first 64 tokens, float model)
     removed = [json.loads(line) for p in (out / "removed").glob("*.gz") for line in gzip.open(p, "rt")]
     assert [r["id"] for r in removed] == ["garbage"] and removed[0]["stage"].endswith("_perplexity")
+
+
+def test_data_get_and_path_still_answer(capsys, humaneval_item):
+    assert main(["data", "get", "humaneval"]) == 0 and main(["data", "path", "humaneval"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[0] == out[1] == str(eval_data.data_path("humaneval"))
