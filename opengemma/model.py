@@ -15,6 +15,12 @@ all a window-limited query can see, even within a chunk. `input_pos` (T,) gives 
 tokens, shared by all rows; rows of a batch may be left-padded by `pad` (B,): a row's RoPE position is
 input_pos - pad, and it never attends to its padding. The absolute position held by each slot is kept
 per layer kind (-1 = empty), and masks are built from it.
+
+Training rows pack documents: `segments` (B, T) names each token's document; masks keep attention inside it and
+positions restart at its first token (RoPE is relative, so this matters for precision, not for the function).
+
+One file because: the model is read top to bottom beside the paper and the reference (DESIGN.md rule 1); the
+inference and training forwards share every line but the masks.
 """
 
 from __future__ import annotations
@@ -326,6 +332,7 @@ class Gemma(nn.Module):
         end: int | None = None,
         row: int | None = None,
         hidden: bool = False,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
@@ -338,6 +345,9 @@ class Gemma(nn.Module):
         of each cache can hold keys: attention skips the rest (a Python int, so shapes stay known).
         row: feed one cache row only (tokens (1, T)), e.g. to prefill a request joining a running batch;
         its positions may be anywhere on the ring (continuous batching keeps one clock for all rows).
+        segments (B, T): packed training rows (no cache): the document each token belongs to (equal ids, in
+        runs); a token attends only within its document and positions restart at each document's first token,
+        so packing changes no document's logits.
         """
         B, T = tokens.shape
         c = self.config
@@ -358,10 +368,14 @@ class Gemma(nn.Module):
                 slot_pos.index_copy_(1, slots, input_pos.expand(B, T))
                 keys[kind] = (slot_pos if end is None else slot_pos[:, :end], slots)
 
-        # RoPE positions (B, T): position minus the row's left padding
+        if segments is not None and (input_pos is not None or pad is not None):
+            raise ValueError("segments (packed documents) go with the plain forward: no input_pos, no pad")
+        # RoPE positions (B, T): position minus the row's left padding, or minus its document's start
         pos = q_pos.unsqueeze(0).expand(B, T)
         if pad is not None:
             pos = (pos - pad.view(B, 1)).clamp(min=0)
+        if segments is not None:
+            pos = segment_positions(segments)
         pos = pos.float()
         cos_sin = {}
         for kind, inv_freq in (("global", self.inv_freq_global), ("local", self.inv_freq_local)):
@@ -380,6 +394,8 @@ class Gemma(nn.Module):
                 mask = mask & (qq - kk < c.sliding_window)
             if pad is not None:
                 mask = (mask & (kk >= pad.view(B, 1, 1))) | (kk == qq)
+            if segments is not None:  # (B, T, T): keys of the query's own document only
+                mask = mask & (segments.view(B, 1, T) == segments.view(B, T, 1))
             masks[kind] = mask.view(B, 1, T, S)
 
         x = self.embed(tokens)  # (B, T, C)
@@ -399,6 +415,14 @@ class Gemma(nn.Module):
         if self.config.final_softcap is not None:
             logits = (torch.tanh(logits.float() / self.config.final_softcap) * self.config.final_softcap).type_as(h)
         return logits
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids of packed rows -> (B, T) each token's position within its document."""
+    idx = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    first = torch.ones_like(segments, dtype=torch.bool)
+    first[:, 1:] = segments[:, 1:] != segments[:, :-1]  # (B, T) a document's first token
+    return idx - torch.cummax(torch.where(first, idx, 0), dim=1).values
 
 
 def num_params(model: nn.Module, embedding: bool = True) -> int:
