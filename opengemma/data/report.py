@@ -34,12 +34,12 @@ def build_report(read, shards, shard_source, cluster_stats, manifest, timings, c
         sources[name].update(docs_out=0, bytes_out=0, pii_documents=0, read_errors=read["errors"][name]["count"])
     for shard, name in zip(shards, shard_source):
         src = sources[name]
-        for rec in (_load(shard / "done.json"), _load(shard / "final.json")):
+        final = _load(shard / "final.json")
+        for rec in (_load(shard / "done.json"), final):
             for stage, (docs, nbytes) in rec.get("removed", {}).items():
                 r = src["removed"].setdefault(stage, {"docs": 0, "bytes": 0})
                 r["docs"] += docs
                 r["bytes"] += nbytes
-        final = _load(shard / "final.json")
         src["docs_out"] += final.get("docs_out", 0)
         src["bytes_out"] += final.get("bytes_out", 0)
         src["pii_documents"] += final.get("pii_documents", 0)

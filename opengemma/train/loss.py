@@ -18,7 +18,6 @@ Dimensions: N tokens, D model width, V vocabulary.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # the targets of padding and of tokens not trained on (torch's and transformers' convention)
@@ -28,10 +27,6 @@ CHUNK = 1024  # tokens per chunk: 1024 x 262,144 float32 logits = 1 GiB at a tim
 def _logits(h: torch.Tensor, weight: torch.Tensor, softcap: float | None) -> torch.Tensor:
     z = (h @ weight.t()).float()  # (n, D) @ (D, V) -> (n, V) float32
     return softcap * torch.tanh(z / softcap) if softcap else z
-
-
-def _chunk_nll_sum(h, weight, y, softcap, ignore_index):
-    return F.cross_entropy(_logits(h, weight, softcap), y, ignore_index=ignore_index, reduction="sum")
 
 
 def _chunk_logprobs(h, weight, y, softcap, ignore_index):
@@ -71,9 +66,7 @@ def chunked_cross_entropy(
     accumulation across micro-batches and ranks, divided by the global token count by the caller)."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for h, y in _chunks(hidden, targets, chunk):
-        total = total + _run(_chunk_nll_sum, h, weight, y, softcap, ignore_index)
+    total = -token_logprobs(hidden, weight, targets, softcap=softcap, ignore_index=ignore_index, chunk=chunk).sum()
     if reduction == "sum":
         return total
     return total / (targets != ignore_index).sum().clamp_min(1)
