@@ -165,6 +165,28 @@ class Attention(nn.Module):
             if end is not None:
                 k, v = k[:, :, :end], v[:, :, :end]
 
+        if mask is None or (slots is None and self.softcap is None):
+            # The no-cache forward (training, scoring) without soft-capping: a fused kernel (flash / memory
+            # efficient; is_causal when the mask is plain causal) never materializes the (T, T) float32 scores,
+            # neither forward nor in backward, and accumulates in float32 as the reference softmax does.
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=K != H
+            )
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
+        if not isinstance(mask, torch.Tensor):
+            # a flex_attention BlockMask (the no-cache forward with Gemma 2's soft-capped scores, on GPU): the
+            # soft-cap is a score_mod inside the fused kernel, and blocks the mask rules out are skipped
+            cap = self.softcap
+            y = flex_attention()(
+                q,
+                k,
+                v,
+                score_mod=lambda s, b, h, qi, ki: torch.tanh(s / cap) * cap,
+                block_mask=mask,
+                scale=self.scale,
+                enable_gqa=K != H,
+            )
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
         if self.use_sdpa and T > 1 and self.softcap is None and x.device.type == "cuda":
             # GPU prefill without soft-capping: a fused kernel never materializes the (T, S) scores and
             # accumulates in float32 as the reference softmax does. (On 2 CPU cores it measured 20% slower
@@ -383,9 +405,19 @@ class Gemma(nn.Module):
             cos_sin[kind] = (angles.cos(), angles.sin())
 
         # Masks (B, 1, T, S), True = may attend. A padding query attends to itself only, which keeps
-        # its (unused) output finite so that no NaN reaches real rows through the cache.
+        # its (unused) output finite so that no NaN reaches real rows through the cache. The no-cache forward
+        # hands plain causal attention to SDPA's is_causal (mask None) and, where flex_attention runs, the soft-
+        # capped layers a BlockMask instead of a dense mask.
         masks = {}
+        plain = input_pos is None and pad is None
         for kind in kinds:
+            windowed = kind == "local" and T > c.sliding_window
+            if plain and segments is None and not windowed and c.attn_softcap is None:
+                masks[kind] = None
+                continue
+            if plain and c.attn_softcap is not None and self.use_flex(device):
+                masks[kind] = block_mask(B, T, c.sliding_window if kind == "local" else None, segments, device)
+                continue
             k_pos = keys[kind][0]  # (B, S) position held by each key slot of each row
             S = k_pos.shape[1]
             qq, kk = q_pos.view(1, T, 1), k_pos.view(B, 1, S)
@@ -409,12 +441,68 @@ class Gemma(nn.Module):
         x = self.norm(x)
         return x if hidden else self.logits(x)
 
+    flex: bool | None = None  # soft-capped no-cache attention through flex_attention: None = on GPU only
+
+    def use_flex(self, device: torch.device) -> bool:
+        # flex_attention has no backward on CPU (torch 2.13), so the CPU keeps the dense path there
+        return device.type == "cuda" if self.flex is None else self.flex
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random weights for training from scratch, from the global torch RNG (seed it first).
+
+        Follows transformers' Gemma `_init_weights` (initializer_range 0.02: N(0, 0.02) for every Linear and the
+        embedding; RMSNorm weights zero, so (1 + w) starts at 1), plus GPT-2's 1/sqrt(2 n_layers) scale on the two
+        projections that write into the residual stream, o_proj and down_proj (Radford et al. 2019, section 2.3;
+        nanoGPT's c_proj, torchtitan's depth init), so the residual's variance does not grow with depth. With the
+        tied output matrix, initial logits have std 0.02 sqrt(d_model) (0.5 for the 270M): the first loss is
+        about ln(V).
+        """
+        residual_std = std / (2 * self.config.n_layers) ** 0.5
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                out = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, mean=0.0, std=residual_std if out else std)
+            elif isinstance(module, RMSNorm):
+                nn.init.zeros_(module.weight)
+        self.init_rope()
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states (..., C) -> logits (..., V): the (tied) output layer and soft-capping."""
         logits = self.embed.attend(h) if self.lm_head is None else self.lm_head(h)
         if self.config.final_softcap is not None:
             logits = (torch.tanh(logits.float() / self.config.final_softcap) * self.config.final_softcap).type_as(h)
         return logits
+
+
+_flex_compiled = None
+
+
+def flex_attention():
+    """flex_attention compiled once (eager it would materialize the scores it exists to avoid)."""
+    global _flex_compiled
+    if _flex_compiled is None:
+        from torch.nn.attention.flex_attention import flex_attention as flex
+
+        _flex_compiled = torch.compile(flex, dynamic=False)
+    return _flex_compiled
+
+
+def block_mask(B: int, T: int, window: int | None, segments: torch.Tensor | None, device: torch.device):
+    """flex_attention's BlockMask of the no-cache forward: causal, within `window` for sliding layers, within the
+    document for packed rows (segments (B, T)); the same rules as the dense masks in Gemma.forward."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def rule(b, h, qi, ki):
+        keep = qi >= ki
+        if window is not None:
+            keep = keep & (qi - ki < window)
+        if segments is not None:
+            keep = keep & (segments[b, qi] == segments[b, ki])
+        return keep
+
+    return create_block_mask(
+        rule, B if segments is not None else None, None, T, T, device=device, _compile=device.type == "cuda"
+    )
 
 
 def segment_positions(segments: torch.Tensor) -> torch.Tensor:
