@@ -355,6 +355,7 @@ class Gemma(nn.Module):
         row: int | None = None,
         hidden: bool = False,
         segments: torch.Tensor | None = None,
+        head=None,
     ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V), or (B, 1, V) with last_only.
 
@@ -370,6 +371,8 @@ class Gemma(nn.Module):
         segments (B, T): packed training rows (no cache): the document each token belongs to (equal ids, in
         runs); a token attends only within its document and positions restart at each document's first token,
         so packing changes no document's logits.
+        head: a callable head(h, output_weight) replacing the output layer, e.g. a chunked loss that never forms the
+        (B, T, V) logits; it runs inside this forward, where a sharded (FSDP) output matrix is gathered.
         """
         B, T = tokens.shape
         c = self.config
@@ -439,6 +442,8 @@ class Gemma(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
+        if head is not None:
+            return head(x, self.embed.weight if self.lm_head is None else self.lm_head.weight)
         return x if hidden else self.logits(x)
 
     flex: bool | None = None  # soft-capped no-cache attention through flex_attention: None = on GPU only

@@ -226,9 +226,11 @@ class Sample:
 class _Stream:
     """One source as an endless stream of documents, each epoch a seeded permutation of them."""
 
-    def __init__(self, name: str, shards: TokenShards, seed: int):
+    def __init__(self, name: str, shards: TokenShards, seed: int, docs: np.ndarray | None = None):
         self.name, self.shards, self.seed = name, shards, seed
-        self.lengths = shards.lengths()
+        lengths = shards.lengths()
+        self.docs = np.arange(len(lengths)) if docs is None else np.asarray(docs, dtype=np.int64)  # the ones drawn
+        self.lengths = lengths[self.docs]
         self.epoch_tokens = int(self.lengths.sum())
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -255,7 +257,7 @@ class _Stream:
             stop = int(np.searchsorted(offsets, pos + take, side="left"))  # documents starting before the end
             for j in range(first, stop):
                 a, b = max(pos, offsets[j]) - offsets[j], min(pos + take, offsets[j + 1]) - offsets[j]
-                pieces.append(self.shards.doc(int(perm[j]))[a:b])
+                pieces.append(self.shards.doc(int(self.docs[perm[j]]))[a:b])
             begin = offsets[first:stop]
             starts.append(begin[begin >= pos] - pos + filled)
             filled, pos = filled + take, pos + take
@@ -265,9 +267,17 @@ class _Stream:
 
 class MixtureSampler:
     """Iterate Samples of seq_len + 1 tokens, step 0 to the budget's end; ``state_dict`` / ``load_state_dict``
-    resume at the exact step. ``shards`` (source name -> TokenShards) defaults to opening the mixture's paths."""
+    resume at the exact step. ``shards`` (source name -> TokenShards) defaults to opening the mixture's paths.
+    ``holdout`` (source name -> document ids) are never drawn: a validation set (see ``holdout_docs``)."""
 
-    def __init__(self, mixture: Mixture, seq_len: int, *, shards: dict[str, TokenShards] | None = None):
+    def __init__(
+        self,
+        mixture: Mixture,
+        seq_len: int,
+        *,
+        shards: dict[str, TokenShards] | None = None,
+        holdout: dict[str, np.ndarray] | None = None,
+    ):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.mixture, self.seq_len = mixture, seq_len
@@ -279,7 +289,9 @@ class MixtureSampler:
             if not is_used:
                 continue
             s = shards[name] if name in shards else TokenShards(mixture.sources[name])
-            stream = _Stream(name, s, mixture.seed)
+            held = (holdout or {}).get(name)
+            docs = None if held is None or len(held) == 0 else np.setdiff1d(np.arange(s.n_docs), held)
+            stream = _Stream(name, s, mixture.seed, docs)
             if stream.epoch_tokens == 0:
                 raise ValueError(f"source {name!r} ({mixture.sources[name]}) has no tokens but a positive weight")
             self.streams[name] = stream
