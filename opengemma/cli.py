@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(c, 256)
     c.add_argument("--system", default=None, help="system prompt (folded into the first user turn)")
 
-    v = sub.add_parser("convert", help="convert a checkpoint: SRC (name, HF dir, .gguf) -> DST (HF dir or .gguf)")
+    v = sub.add_parser(
+        "convert",
+        help="convert a checkpoint: SRC (name, HF dir, .gguf, training checkpoint dir) -> DST (HF dir or .gguf)",
+    )
     v.add_argument("src")
     v.add_argument("dst", help="a directory (Hugging Face layout) or a path ending in .gguf")
     v.add_argument("--dtype", default=None, help="HF output dtype: float32 (default) | bfloat16")
@@ -599,15 +602,24 @@ def cmd_convert(args) -> int:
     from .weights.gguf import save_gguf
     from .weights.hf import save_hf_dir
 
-    llm = load(args.src, dtype="float32", device="cpu")
+    if (Path(args.src) / "meta.json").is_file() and (Path(args.src) / ".metadata").is_file():
+        # a training checkpoint (RUN_DIR/checkpoints/step_N, any number of ranks wrote it)
+        from .tokenizer import Tokenizer
+        from .train.checkpoint import load_model
+
+        model, tok = load_model(args.src)
+        tokenizer = Tokenizer(tok) if tok is not None else None
+    else:
+        llm = load(args.src, dtype="float32", device="cpu")
+        model, tokenizer = llm.model, llm.tokenizer
     dst = Path(args.dst)
     if dst.suffix.lower() == ".gguf":
-        save_gguf(llm.model, dst, tokenizer=llm.tokenizer, qtype=args.gguf_type.upper())
+        save_gguf(model, dst, tokenizer=tokenizer, qtype=args.gguf_type.upper())
     else:
         from .api import resolve_dtype
 
-        dtype = resolve_dtype(args.dtype or "float32", llm.model.norm.weight.device)
-        save_hf_dir(llm.model, dst, tokenizer=llm.tokenizer, dtype=dtype)
+        dtype = resolve_dtype(args.dtype or "float32", model.norm.weight.device)
+        save_hf_dir(model, dst, tokenizer=tokenizer, dtype=dtype)
     print(f"wrote {dst}", file=sys.stderr)
     return 0
 

@@ -69,7 +69,7 @@ ALLOWED = {
     "train": {"config", "atomic", "kernels", "model", "qlinear", "quantize", "quant_spec", "weights"},
     "rl": {"config", "model", "train", "engine"},  # the engine only for rollouts (rl/rollout.py): checked below
     "recipes": EVERYTHING - {"cli"},
-    "cli": EVERYTHING - {"recipes", "train", "rl"},  # torchrun launches the recipes
+    "cli": EVERYTHING - {"recipes", "rl"},  # torchrun launches the recipes; train: convert reads its checkpoints
 }
 
 

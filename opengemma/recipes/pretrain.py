@@ -84,8 +84,22 @@ def model_source(s: dict, manifest: dict, root: Path, d: dist.Dist):
 
 def main(argv=None) -> int:
     s = parse(SETTINGS, argv, __doc__)
+    stop = {"now": False}  # a signal finishes the step, saves and exits
+    previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return train(s, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def train(s: dict, stop: dict) -> int:
     if not s["data"]:
         sys.exit("pretrain: `data` (a mixture .toml or a shard directory) is required")
+    schedule = dict(
+        lr=s["lr"], steps=s["steps"], warmup=s["warmup"], schedule=s["schedule"], min_ratio=s["min_lr_ratio"]
+    )
+    lr_at(0, **schedule)  # bad schedule settings fail here, before anything is built
     d = dist.init(s["device"])
     if s["threads"]:
         torch.set_num_threads(s["threads"])
@@ -175,18 +189,13 @@ def main(argv=None) -> int:
         )
         plot_loss(out) if d.main else None
 
-    stop = {"now": False}
-    for sig in (signal.SIGINT, signal.SIGTERM):  # finish the step, save, exit
-        signal.signal(sig, lambda *_: stop.update(now=True))
     if start == 0 and val:
         evaluate(0)
     bar = Progress(s["steps"], initial=start, enabled=d.main)
     model.train()
     for step in range(start, s["steps"]):
         t0 = time.perf_counter()
-        lr = lr_at(
-            step, lr=s["lr"], steps=s["steps"], warmup=s["warmup"], schedule=s["schedule"], min_ratio=s["min_lr_ratio"]
-        )
+        lr = lr_at(step, **schedule)
         set_lr(optimizer, lr)
         batch = loader.next_step()
         total = 0.0
@@ -203,6 +212,7 @@ def main(argv=None) -> int:
         step_loss = dist.all_sum(d, total) / batch.n_targets
         if not math.isfinite(step_loss):
             dist.print0(d, f"step {step + 1}: loss is {step_loss}; stopping without saving")
+            dist.shutdown(d)
             return 1
         tokens_seen += s["batch_size"] * s["seq_len"]
         dt = time.perf_counter() - t0

@@ -14,11 +14,13 @@ picks and the next save removes. Only the last `keep` complete checkpoints stay.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +72,8 @@ def save(
         tmp.mkdir(parents=True)
     barrier(d)
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
+    with _quiet():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
     _write_json(tmp / f"rng_{d.rank}.json", rng_state())
     barrier(d)  # every rank's shards and RNG file are on disk
     if d.main:
@@ -103,12 +106,14 @@ def load(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
         state = {"model": get_model_state_dict(model)}
-        dcp.load(state, checkpoint_id=path)
+        with _quiet():
+            dcp.load(state, checkpoint_id=path)
         set_model_state_dict(model, state["model"])
         return meta
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=path)
+    with _quiet():
+        dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / f"rng_{d.rank}.json"
     if meta.get("world") == d.world and rng.is_file():
@@ -124,7 +129,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Ge
     meta = json.loads((path / "meta.json").read_text())
     model = Gemma(GemmaConfig.from_dict(meta["config"]))
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=path)  # reads just the model's tensors, resharded to this one process
+    with _quiet():
+        dcp.load(state, checkpoint_id=path)  # reads just the model's tensors, resharded to this one process
     model.load_state_dict(state["model"])
     tok = path / "tokenizer.model"
     return model.to(dtype), tok if tok.is_file() else None
@@ -174,6 +180,14 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DCP warns on every single-process save and load that it assumes one process: it does, by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _write_json(path: Path, obj) -> None:
