@@ -174,14 +174,14 @@ class Attention(nn.Module):
             )
             return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
         if not isinstance(mask, torch.Tensor):
-            # a flex_attention BlockMask (the no-cache forward with Gemma 2's soft-capped scores, on GPU): the
-            # soft-cap is a score_mod inside the fused kernel, and blocks the mask rules out are skipped
+            # a flex_attention BlockMask (the no-cache forward on GPU with soft-capped scores, sliding windows or
+            # packed documents): the soft-cap is a score_mod inside the fused kernel, masked-out blocks are skipped
             cap = self.softcap
             y = flex_attention()(
                 q,
                 k,
                 v,
-                score_mod=lambda s, b, h, qi, ki: torch.tanh(s / cap) * cap,
+                score_mod=None if cap is None else lambda s, b, h, qi, ki: torch.tanh(s / cap) * cap,
                 block_mask=mask,
                 scale=self.scale,
                 enable_gqa=K != H,
@@ -409,8 +409,8 @@ class Gemma(nn.Module):
 
         # Masks (B, 1, T, S), True = may attend. A padding query attends to itself only, which keeps
         # its (unused) output finite so that no NaN reaches real rows through the cache. The no-cache forward
-        # hands plain causal attention to SDPA's is_causal (mask None) and, where flex_attention runs, the soft-
-        # capped layers a BlockMask instead of a dense mask.
+        # hands plain causal attention to SDPA's is_causal (mask None) and, where flex_attention runs (GPU), every
+        # other layer a BlockMask instead of a dense mask (soft-capping, a window shorter than T, documents).
         masks = {}
         plain = input_pos is None and pad is None
         for kind in kinds:
@@ -418,7 +418,7 @@ class Gemma(nn.Module):
             if plain and segments is None and not windowed and c.attn_softcap is None:
                 masks[kind] = None
                 continue
-            if plain and c.attn_softcap is not None and self.use_flex(device):
+            if plain and self.use_flex(device):  # soft-capped, windowed or packed: block-sparse flex attention
                 masks[kind] = block_mask(B, T, c.sliding_window if kind == "local" else None, segments, device)
                 continue
             k_pos = keys[kind][0]  # (B, S) position held by each key slot of each row

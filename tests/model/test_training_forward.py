@@ -53,10 +53,11 @@ def test_sdpa_training_path_gradients_equal_the_dense_path(monkeypatch, name):
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_flex_attention_path_equals_the_dense_path():
-    """Soft-capped scores, a window shorter than the documents and packed documents through flex_attention's
+@pytest.mark.parametrize("name", ["tiny-gemma2", "tiny-gemma3"])
+def test_flex_attention_path_equals_the_dense_path(name):
+    """Soft-capped scores (Gemma 2), a window shorter than the documents and packed documents through flex_attention's
     score_mod and BlockMask (forward only: flex has no CPU backward in torch 2.13; on GPU it is the default)."""
-    model = tiny_model("tiny-gemma2", std=0.2)  # std large enough that the soft-cap of 50 bends scores
+    model = tiny_model(name, std=0.2)  # std large enough that the soft-cap of 50 bends scores
     cfg = model.config
     tokens = random_tokens(cfg, 2, 32, seed=3)
     segments = torch.tensor([[0] * 20 + [1] * 12, [0] * 5 + [1] * 27])
