@@ -165,7 +165,7 @@ class Attention(nn.Module):
             if end is not None:
                 k, v = k[:, :, :end], v[:, :, :end]
 
-        if mask is None or (slots is None and self.softcap is None):
+        if mask is None or (slots is None and self.softcap is None and isinstance(mask, torch.Tensor)):
             # The no-cache forward (training, scoring) without soft-capping: a fused kernel (flash / memory
             # efficient; is_causal when the mask is plain causal) never materializes the (T, T) float32 scores,
             # neither forward nor in backward, and accumulates in float32 as the reference softmax does.
