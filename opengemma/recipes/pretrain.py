@@ -32,7 +32,6 @@ from opengemma.train.loss import chunked_cross_entropy
 from opengemma.train.metrics import MetricsLog, Progress, flops_per_token, measure_peak_flops, mfu, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
 from opengemma.train.settings import parse
-from opengemma.weights.store import resolve_source
 
 SETTINGS = {
     "model": ("tiny-gemma3", str, "a preset to train from scratch, or a checkpoint to continue from"),
@@ -63,7 +62,7 @@ SETTINGS = {
 }
 
 
-def model_source(s: dict, manifest: dict, root: Path, d: dist.Dist):
+def model_source(s: dict, manifest: dict, root: Path):
     """(config, full weights or None, tokenizer file) for a preset (from scratch) or a checkpoint to continue."""
     tok_info = manifest["tokenizer"]
     if s["model"] in PRESETS and not Path(s["model"]).exists():
@@ -72,14 +71,8 @@ def model_source(s: dict, manifest: dict, root: Path, d: dist.Dist):
         cfg = GemmaConfig.from_name(s["model"], **fields)
         tok = Path(s["tokenizer"] or root.parent / "tokenizer.model")  # where `opengemma data prepare` puts it
         return cfg, None, tok
-    if (Path(s["model"]) / "meta.json").exists():  # a training checkpoint of another run
-        model, tok = checkpoint.load_model(s["model"])
-    else:
-        from opengemma.weights.hf import load_hf_dir
-
-        path, _ = resolve_source(s["model"], progress=d.main)
-        model, tok = load_hf_dir(path), path / "tokenizer.model"
-    return model.config, model.state_dict(), Path(s["tokenizer"] or tok)
+    model, tok = checkpoint.import_weights(s["model"])  # a real model, HF directory, .gguf or run checkpoint
+    return model.config, model.state_dict(), Path(s["tokenizer"]) if s["tokenizer"] else tok
 
 
 def main(argv=None) -> int:
@@ -110,8 +103,12 @@ def train(s: dict, stop: dict) -> int:
     manifest = manifests[0]
     if len({m["tokenizer"]["sha256"] for m in manifests}) > 1:
         sys.exit("pretrain: the mixture's sources were tokenized with different tokenizers")
-    cfg, state, tok = model_source(s, manifest, Path(next(iter(mixture.sources.values()))).parent, d)
-    if not tok.is_file() or hashlib.sha256(tok.read_bytes()).hexdigest() != manifest["tokenizer"]["sha256"]:
+    cfg, state, tok = model_source(s, manifest, Path(next(iter(mixture.sources.values()))).parent)
+    if (
+        tok is None
+        or not tok.is_file()
+        or hashlib.sha256(tok.read_bytes()).hexdigest() != manifest["tokenizer"]["sha256"]
+    ):
         sys.exit(f"pretrain: {tok} is missing or is not the tokenizer the shards were made with (--tokenizer)")
     if cfg.vocab_size < manifest["tokenizer"]["vocab_size"]:
         sys.exit(
@@ -185,7 +182,7 @@ def train(s: dict, stop: dict) -> int:
             meta=meta,
             d=d,
             keep=s["keep"],
-            tokenizer=tok if tok and Path(tok).is_file() else None,
+            tokenizer=tok,
         )
         plot_loss(out) if d.main else None
 

@@ -136,6 +136,20 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Ge
     return model.to(dtype), tok if tok.is_file() else None
 
 
+def import_weights(source: str | Path) -> tuple[Gemma, Path | None]:
+    """The initial weights of a run that continues a checkpoint: a real model's name (the default model's GGUF,
+    converted once into the cache), a Hugging Face directory, a .gguf file or another run's checkpoint, read
+    through the existing weight maps, as a float32 Gemma on the CPU; and its tokenizer file."""
+    if (Path(source) / "meta.json").is_file():
+        return load_model(source)
+    from ..weights.hf import load_hf_dir
+    from ..weights.store import resolve_source
+
+    path, _ = resolve_source(source)
+    tok = path / "tokenizer.model"
+    return load_hf_dir(path), tok if tok.is_file() else None
+
+
 def export_hf(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """A checkpoint -> a Hugging Face layout directory (config.json, model.safetensors, tokenizer.model) that
     opengemma.load, serve, eval and transformers' *ForCausalLM read."""
