@@ -102,3 +102,17 @@ def test_no_full_logits_are_saved_for_the_backward():
     )
     assert plain >= logits_bytes  # the check can fail: the plain loss saves its (N, V) log-softmax
     torch.testing.assert_close(loss, want)
+
+
+def test_under_autocast_bf16_the_loss_and_gradients_track_float32():
+    """The recipe's bf16 mode: float32 inputs and master weight, bf16 matmuls under autocast, float32 loss."""
+    hidden, weight, targets = setup(B=4, T=16, D=32, V=300)
+    want = chunked_cross_entropy(hidden, weight, targets, chunk=7)
+    want_g = grads(want, hidden, weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_cross_entropy(hidden, weight, targets, chunk=7)
+    got_g = grads(got, hidden, weight)
+    assert got.dtype == torch.float32 and got_g[1].dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    for g, w in zip(got_g, want_g):
+        torch.testing.assert_close(g, w, rtol=5e-2, atol=5e-3)
