@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from opengemma.config import PRESETS, GemmaConfig
+from opengemma.config import PRESETS, REAL_MODELS, GemmaConfig
 from opengemma.data.loader import PackedLoader, holdout_docs, open_data, validation_rows
 from opengemma.data.shards import load_manifest
 from opengemma.train import checkpoint, dist
@@ -36,6 +36,7 @@ from opengemma.train.settings import parse
 SETTINGS = {
     "model": ("tiny-gemma3", str, "a preset to train from scratch, or a checkpoint to continue from"),
     "model_config": ({}, dict, "GemmaConfig fields over the preset (from scratch)"),
+    "from_scratch": (False, bool, "a real model's name (gemma-3-270m) as an architecture only: random init"),
     "data": (None, str, "a mixture .toml, a token shards root or a source's shard directory"),
     "tokenizer": (None, str, "the shards' tokenizer.model (default: next to the shards root)"),
     "out": ("runs/pretrain", str, "the run directory"),
@@ -65,7 +66,8 @@ SETTINGS = {
 def model_source(s: dict, manifest: dict, root: Path):
     """(config, full weights or None, tokenizer file) for a preset (from scratch) or a checkpoint to continue."""
     tok_info = manifest["tokenizer"]
-    if s["model"] in PRESETS and not Path(s["model"]).exists():
+    real = s["model"] in REAL_MODELS and not s["from_scratch"]  # gemma-3-270m: its weights, unless from scratch
+    if s["model"] in PRESETS and not real and not Path(s["model"]).exists():
         ids = {k: tok_info[k] for k in ("bos_id", "eos_id") if k in tok_info}
         fields = {"vocab_size": tok_info["vocab_size"], **ids, **s["model_config"]}
         cfg = GemmaConfig.from_name(s["model"], **fields)
