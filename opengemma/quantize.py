@@ -161,6 +161,41 @@ def fuse_projections(model: Gemma) -> Gemma:
     return model
 
 
+def unfuse_projections(model: Gemma) -> Gemma:
+    """Undo fuse_projections: q/k/v and gate/up as separate modules again, split by output rows (exact), e.g. so
+    that each can take its own LoRA adapter."""
+
+    def split(m: nn.Module, sizes: list[int]) -> list[nn.Module]:
+        out, start = [], 0
+        for n in sizes:
+            if isinstance(m, Int4Linear):
+                part = Int4Linear(m.in_features, n, m.group_size, m.scales.dtype, device="meta")
+                part.qweight, part.zeros = m.qweight[start : start + n].clone(), m.zeros[start : start + n].clone()
+            else:
+                part = Int8Linear(m.in_features, n, m.scales.dtype, device="meta")
+                part.weight = m.weight[start : start + n].clone()
+            part.scales = m.scales[start : start + n].clone()
+            if isinstance(part, Int4Linear):
+                part.prepare()
+            out.append(part)
+            start += n
+        return out
+
+    for layer in model.layers:
+        a, m = layer.attn, layer.mlp
+        if a.qkv_proj is not None:
+            H, K, D = a.n_heads, a.n_kv_heads, a.head_dim
+            a.q_proj, a.k_proj, a.v_proj = split(a.qkv_proj, [H * D, K * D, K * D])
+            a.qkv_proj = None
+        if m.gate_up_proj is not None:
+            half = m.gate_up_proj.out_features // 2
+            m.gate_proj, m.up_proj = split(m.gate_up_proj, [half, half])
+            m.gate_up_proj = None
+    if getattr(model, "quantization", None):
+        model.quantization["fused"] = False
+    return model
+
+
 def quantize_model(
     model: Gemma,
     mode: str | QuantSpec,
