@@ -178,6 +178,7 @@ def load(
     compile: bool | None = None,
     int4_method: str = "auto",
     gemv: bool = False,
+    adapter: str | os.PathLike | None = None,
 ) -> LLM:
     """Load a real model by name, a Hugging Face layout directory, or a .gguf file.
 
@@ -201,6 +202,9 @@ def load(
     CUDA, off for CPU where compiling costs ~40 s per shape, ~10 s with inductor's cache warm).
     gemv: on a GPU, products of at most 4 rows (decode) through opengemma's Triton GEMV kernel instead of
     torch's (opengemma.kernels; needs Triton).
+    adapter: a LoRA adapter directory in PEFT's layout (adapter_config.json + adapter_model.safetensors; trained by
+    `opengemma finetune` or with `peft`), applied unmerged on top of the (possibly quantized) base; the model then
+    counts as instruction-tuned.
     """
     dev = resolve_device(device)
     if gemv and dev.type != "cuda":
@@ -225,11 +229,15 @@ def load(
         model = store.quantized_model(float_dir, spec, dt, dev, tokenizer=tokenizer, progress=progress)
     else:
         model = load_hf_dir(store.dtype_variant(float_dir, dt), dtype=dt, device=dev)
+    if adapter is not None:
+        from .lora import load_adapter
+
+        load_adapter(model, adapter)
     if gemv:
         set_gemv(model)
     it = info.get("instruction_tuned")
     if it is None:
-        it = _looks_instruction_tuned(float_dir, name)
+        it = _looks_instruction_tuned(float_dir, name) or adapter is not None
     return LLM(model, tokenizer, name=info.get("name", name), instruction_tuned=bool(it), compile=compile)
 
 

@@ -71,7 +71,9 @@ def resolve_targets(targets) -> tuple[str, ...]:
     for t in targets:
         for name in TARGET_GROUPS.get(t, (t,)):
             if name not in TARGETS:
-                raise ValueError(f"unknown LoRA target {name!r}; choose from {', '.join(TARGETS)} or {', '.join(TARGET_GROUPS)}")
+                raise ValueError(
+                    f"unknown LoRA target {name!r}; choose from {', '.join(TARGETS)} or {', '.join(TARGET_GROUPS)}"
+                )
             if name not in out:
                 out.append(name)
     if not out:
@@ -202,8 +204,13 @@ def _hf_module_names(model: Gemma) -> dict[str, str]:
     """{our module path: transformers module path} of the targetable projections, from the HF weight map."""
     from .weights.hf import weight_map
 
-    keys = [f"layers.{i}.{part}.{t}.weight" for i in range(len(model.layers)) for part in ("attn", "mlp") for t in TARGETS]
-    return {ours.removesuffix(".weight"): theirs.removesuffix(".weight") for ours, theirs in weight_map(model.config, keys).items()}
+    keys = [
+        f"layers.{i}.{part}.{t}.weight" for i in range(len(model.layers)) for part in ("attn", "mlp") for t in TARGETS
+    ]
+    return {
+        ours.removesuffix(".weight"): theirs.removesuffix(".weight")
+        for ours, theirs in weight_map(model.config, keys).items()
+    }
 
 
 def adapter_state(model: Gemma) -> dict[str, torch.Tensor]:

@@ -349,6 +349,13 @@ class Int8Embedding(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         return self.table(x)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The table dequantized in the activation dtype, (V, C): for callers that need the output matrix as a
+        tensor, e.g. the training loss's chunked head under QLoRA (model.forward(head=...)). A fresh copy per call."""
+        t = self.table
+        return t.weight.to(t.scales.dtype) * t.scales[:, None]
+
 
 class Int4Embedding(nn.Module):
     def __init__(
@@ -371,6 +378,11 @@ class Int4Embedding(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         return self.table(x)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The table dequantized in the activation dtype, (V, C) (see Int8Embedding.weight)."""
+        return self.table.dense()
 
 
 RESCORE_K = 64  # tokens whose logits an int4+int8 output layer recomputes from the int8 rows

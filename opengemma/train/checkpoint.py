@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..atomic import atomic_path
 from ..config import GemmaConfig
@@ -63,15 +63,18 @@ def save(
     d: Dist,
     keep: int = 3,
     tokenizer: str | Path | None = None,
+    trainable_only: bool = False,
 ) -> Path:
-    """Write checkpoint `step` (a collective: every rank calls it). `meta` must be JSON; it gains the step."""
+    """Write checkpoint `step` (a collective: every rank calls it). `meta` must be JSON; it gains the step.
+    trainable_only: the parameters being trained and their optimizer state, not the frozen base (LoRA runs: the
+    base is rebuilt from its source on resume and export; a 270M base would otherwise add 1 GB per checkpoint)."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
     if d.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(d)
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = _states(model, optimizer, trainable_only)
     with _quiet():
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
     _write_json(tmp / f"rng_{d.rank}.json", rng_state())
@@ -98,8 +101,29 @@ def prune(run_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None, d: Dist) -> dict:
-    """Restore weights, optimizer state and (same world size) this rank's RNG states; returns meta.json."""
+def _clean(name: str) -> str:  # parameter names as get_state_dict writes them (no wrapper prefixes)
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+def _states(model: nn.Module, optimizer, trainable_only: bool) -> tuple[dict, dict]:
+    if not trainable_only:
+        return get_state_dict(model, optimizer)
+    opts = StateDictOptions(ignore_frozen_params=True)
+    model_state, optim_state = get_state_dict(model, optimizer, options=opts)
+    trainable = {_clean(n) for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model_state.items() if k in trainable}, optim_state  # buffers are frozen too
+
+
+def load(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    d: Dist,
+    trainable_only: bool = False,
+) -> dict:
+    """Restore weights, optimizer state and (same world size) this rank's RNG states; returns meta.json.
+    trainable_only: a checkpoint saved so (the frozen base is already in the model)."""
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
     if optimizer is None:
@@ -110,29 +134,44 @@ def load(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
             dcp.load(state, checkpoint_id=path)
         set_model_state_dict(model, state["model"])
         return meta
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = _states(model, optimizer, trainable_only)
     state = {"model": model_state, "optim": optim_state}
     with _quiet():
         dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    opts = StateDictOptions(strict=not trainable_only, ignore_frozen_params=trainable_only)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"], options=opts)
     rng = path / f"rng_{d.rank}.json"
     if meta.get("world") == d.world and rng.is_file():
         set_rng_state(json.loads(rng.read_text()))
     return meta
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Gemma, Path | None]:
-    """A checkpoint's weights as a plain one-process Gemma (any world size wrote it), and its tokenizer file."""
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, merged: bool = True) -> tuple[Gemma, Path | None]:
+    """A checkpoint's weights as a plain one-process Gemma (any world size wrote it), and its tokenizer file.
+    A LoRA run's checkpoint holds the adapters only (meta.json's "lora" and "base"): the base is imported from its
+    source, the adapters applied and (merged) folded into it."""
     path = Path(path)
     if not (path / "meta.json").is_file() or not (path / ".metadata").is_file():
         raise FileNotFoundError(f"{path} is not a complete training checkpoint (no meta.json / .metadata)")
     meta = json.loads((path / "meta.json").read_text())
+    tok = path / "tokenizer.model"
+    if meta.get("lora"):
+        from ..lora import LoRAConfig, apply_lora, merge
+
+        model, base_tok = import_weights(meta["base"])
+        apply_lora(model, LoRAConfig(**meta["lora"]))
+        state = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+        with _quiet():
+            dcp.load({"model": state}, checkpoint_id=path)
+        model.load_state_dict(state, strict=False)
+        if merged:
+            merge(model)
+        return model.to(dtype), tok if tok.is_file() else base_tok
     model = Gemma(GemmaConfig.from_dict(meta["config"]))
     state = {"model": model.state_dict()}
     with _quiet():
         dcp.load(state, checkpoint_id=path)  # reads just the model's tensors, resharded to this one process
     model.load_state_dict(state["model"])
-    tok = path / "tokenizer.model"
     return model.to(dtype), tok if tok.is_file() else None
 
 
@@ -150,19 +189,31 @@ def import_weights(source: str | Path) -> tuple[Gemma, Path | None]:
     return load_hf_dir(path), tok if tok.is_file() else None
 
 
-def export_hf(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+def export_hf(
+    path: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, instruction_tuned: bool = False
+) -> Path:
     """A checkpoint -> a Hugging Face layout directory (config.json, model.safetensors, tokenizer.model) that
-    opengemma.load, serve, eval and transformers' *ForCausalLM read."""
+    opengemma.load, serve, eval and transformers' *ForCausalLM read (LoRA checkpoints: merged into their base).
+    instruction_tuned: also Gemma's chat template and <end_of_turn> as a stop token (a fine-tuned chat model)."""
     from ..weights.hf import save_hf_dir
 
     model, tok = load_model(path)
     out = Path(out)
-    save_hf_dir(model, out, dtype=dtype)
-    if tok is not None:
-        from ..weights.hf import save_tokenizer_files
+    from ..tokenizer import Tokenizer
 
-        save_tokenizer_files(tok.read_bytes(), out)
+    save_hf_dir(model, out, tokenizer=Tokenizer(tok) if tok else None, dtype=dtype, instruction_tuned=instruction_tuned)
     return out
+
+
+def export_adapter(path: str | Path, out: str | Path) -> Path:
+    """A LoRA run's checkpoint -> a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+    from ..lora import save_adapter
+
+    meta = json.loads((Path(path) / "meta.json").read_text())
+    if not meta.get("lora"):
+        raise ValueError(f"{path} is not a LoRA run's checkpoint (no adapters to export)")
+    model, _ = load_model(path, merged=False)
+    return save_adapter(model, out, base_model=str(meta["base"]))
 
 
 # --- RNG states as JSON ------------------------------------------------------------------------------------------

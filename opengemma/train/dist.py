@@ -115,12 +115,15 @@ def build(
     dtype: torch.dtype = torch.float32,
     ac: bool = False,
     compile: bool = False,
+    swap=None,
 ) -> Gemma:
     """The model to train, on d.device: `state` (full fp32 weights, e.g. an imported checkpoint; needed on rank 0
     only) or `init_weights()` after torch.manual_seed(seed). Sharded with FSDP2 under torchrun; bf16 compute
-    through the mixed-precision policy there when dtype is bf16 (parameters and optimizer state stay fp32)."""
+    through the mixed-precision policy there when dtype is bf16 (parameters and optimizer state stay fp32).
+    swap: a module swap applied after construction and loading, before wrapping (e.g. LoRA adapters, drawn after
+    torch.manual_seed(seed) so that every world size starts from the same adapters)."""
     if not d.sharded:
-        model = _full_model(cfg, state, seed).to(d.device)
+        model = _full_model(cfg, state, seed, swap).to(d.device)
         _wrap(model, ac, compile)
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -128,6 +131,8 @@ def build(
 
     with torch.device("meta"):
         model = Gemma(cfg)
+        if swap is not None:
+            swap(model)
     _wrap(model, ac, compile)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
     kwargs = {"mesh": d.mesh, **({"mp_policy": mp} if mp else {})}
@@ -136,20 +141,23 @@ def build(
     fully_shard(model, **kwargs)
     model.to_empty(device=d.device)
     model.init_rope()  # non-persistent buffers: to_empty left them uninitialized
-    full = _full_model(cfg, state, seed).state_dict() if d.main else {}
+    full = _full_model(cfg, state, seed, swap).state_dict() if d.main else {}
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, full, options=opts)
     return model
 
 
-def _full_model(cfg: GemmaConfig, state: dict[str, torch.Tensor] | None, seed: int) -> Gemma:
+def _full_model(cfg: GemmaConfig, state: dict[str, torch.Tensor] | None, seed: int, swap=None) -> Gemma:
     if state is not None:
         model = Gemma(cfg)
         model.load_state_dict(state, strict=True)
-        return model
-    torch.manual_seed(seed)
-    model = Gemma(cfg)
-    model.init_weights()
+    else:
+        torch.manual_seed(seed)
+        model = Gemma(cfg)
+        model.init_weights()
+    if swap is not None:
+        torch.manual_seed(seed)
+        swap(model)
     return model
 
 

@@ -142,8 +142,12 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: st
     return assign_state_dict(model, state, device)
 
 
-def save_hf_dir(model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
-    """Write a Hugging Face layout directory that transformers' *ForCausalLM loads as it is."""
+def save_hf_dir(
+    model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dtype | None = None, instruction_tuned: bool = False
+) -> Path:
+    """Write a Hugging Face layout directory that transformers' *ForCausalLM loads as it is. instruction_tuned: a
+    chat model: the tokenizer config carries Gemma's chat template (which opengemma.load reads as "instruction
+    tuned") and generation stops at <end_of_turn> too."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -179,15 +183,35 @@ def save_hf_dir(model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dty
             json.dumps({"metadata": {"total_size": total}, "weight_map": wm}, indent=2)
         )
     (path / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    eos = cfg.eos_id
+    if instruction_tuned and tokenizer is not None and tokenizer.end_of_turn_id is not None:
+        eos = [cfg.eos_id, tokenizer.end_of_turn_id]
     (path / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id}, indent=2)
+        json.dumps({"bos_token_id": cfg.bos_id, "eos_token_id": eos, "pad_token_id": cfg.pad_id}, indent=2)
     )
     if tokenizer is not None:
-        save_tokenizer_files(tokenizer.model_proto_bytes, path)
+        save_tokenizer_files(
+            tokenizer.model_proto_bytes, path, chat_template=CHAT_TEMPLATE if instruction_tuned else None
+        )
     return path
 
 
-def save_tokenizer_files(model_proto: bytes, path: Path) -> None:
+# Gemma's chat template as the instruction-tuned checkpoints ship it (Jinja, transformers' apply_chat_template):
+# no system role, a leading system message folded into the first user turn with a blank line, contents trimmed;
+# the same rendering as Tokenizer.render_chat (tests/train/test_sft.py renders both)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + "
+    "'\\n\\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = "
+    "messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == "
+    "0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') + message['content']"
+    " | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}"
+    "{% endif %}"
+)
+
+
+def save_tokenizer_files(model_proto: bytes, path: Path, chat_template: str | None = None) -> None:
     """tokenizer.model (a SentencePiece model's bytes) and the config files transformers reads beside it."""
     (path / "tokenizer.model").write_bytes(model_proto)
     specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -199,6 +223,7 @@ def save_tokenizer_files(model_proto: bytes, path: Path) -> None:
                 "add_eos_token": False,
                 "model_max_length": 1_000_000,
                 **specials,
+                **({"chat_template": chat_template} if chat_template else {}),
             },
             indent=2,
         )
