@@ -70,6 +70,11 @@ def _add_model_args(p: argparse.ArgumentParser, quantize: str = "auto") -> None:
         "cached across processes, so only the very first run pays ~45 s, later ones ~10 s)",
     )
     p.add_argument(
+        "--adapter",
+        default=None,
+        help="a LoRA adapter directory (PEFT layout: opengemma finetune's OUT/adapter, or peft's) applied on the model",
+    )
+    p.add_argument(
         "--gemv",
         action="store_true",
         help="GPU: decode's matrix-vector products through opengemma's Triton GEMV kernel (int8/int4 "
@@ -181,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seq-len", type=int, default=2048)
     dm.add_argument("--steps", type=int, help="simulate this many draws (default: the whole token budget)")
     dm.set_defaults(func=cmd_data_mixture)
+    ds = dsub.add_parser("build-sft", help="instruction-tuning conversations with verifiable instructions + report")
+    ds.add_argument("--out", required=True, help="directory for train/heldout/heldout_kinds.jsonl and report.json/md")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--n-train", type=int, default=3000, help="training conversations (default 3000)")
+    ds.add_argument("--n-heldout", type=int, default=300, help="held-out conversations per held-out file (300)")
+    ds.add_argument("--no-evals", action="store_true", help="generated questions only (no OpenAI evals registry)")
+    ds.add_argument("--no-decontam", action="store_true", help="skip decontamination against the eval suite")
+    ds.set_defaults(func=cmd_data_build_sft)
 
     t = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer with Gemma's settings")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True)
@@ -216,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
     mz.add_argument("--seed", type=int, default=0)
     mz.add_argument("--output", default="memorization", help="directory for memorization.json / .md")
 
+    f = sub.add_parser(
+        "finetune",
+        help="supervised fine-tuning on conversations (JSONL): LoRA, QLoRA or full (the recipe opengemma.recipes.sft)",
+        description="Writes OUT/adapter (LoRA: PEFT layout), OUT/merged (Hugging Face layout), OUT/metrics.jsonl, "
+        "OUT/loss.png and OUT/checkpoints; rerunning resumes. Every setting of the recipe: "
+        "python -m opengemma.recipes.sft --help (a --config TOML takes them all).",
+    )
+    f.add_argument("--model", "-m", default=None, help=f"the model to tune (default {DEFAULT_MODEL})")
+    f.add_argument("--data", default=None, help="conversations, JSONL: messages, or prompt/completion (required)")
+    f.add_argument("--out", default=None, help="the run directory (default runs/sft)")
+    f.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default: full fine-tuning)")
+    f.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
+    f.add_argument("--epochs", type=float, default=None, help="passes over the data when --steps is 0 (default 1)")
+    f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4 LoRA, 2e-5 full)")
+    f.add_argument("--batch-size", type=int, default=None, help="packed rows per step (default 8)")
+    f.add_argument("--seq-len", type=int, default=None, help="tokens per packed row (default 1024)")
+    f.add_argument("--quantize", choices=["none", "int8", "int4"], default=None, help="QLoRA: a quantized base")
+    f.add_argument("--config", default=None, help="a TOML of the recipe's settings; flags override it")
+    f.add_argument("recipe_args", nargs=argparse.REMAINDER, help="further recipe flags, after --")
+
     i = sub.add_parser("info", help="config, parameter counts and tensor table of a checkpoint or preset")
     i.add_argument("src", help="preset name, HF layout directory or .gguf file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -240,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 "eval": cmd_eval,
                 "data": cmd_data,
                 "eval-memorization": cmd_eval_memorization,
+                "finetune": cmd_finetune,
             }[args.command]
         )
         return func(args)
@@ -275,6 +309,7 @@ def _load(args, compile: bool | None = None):
         int4_method=args.int4_method,
         gemv=args.gemv,
         compile=compile if args.compile is None else args.compile,
+        adapter=args.adapter,
     )
 
 
@@ -536,6 +571,36 @@ def cmd_data_mixture(args) -> int:
     return 0
 
 
+def cmd_data_build_sft(args) -> int:
+    """The OpenAI evals registry is optional: fetched when missing (a 46 MB wheel), and on failure the data is
+    built from the generated questions alone, the report saying why."""
+    from .data.sft_build import build_sft
+    from .eval import data
+
+    evals_dir = missing = None
+    if args.no_evals:
+        missing = "--no-evals"
+    else:
+        try:
+            evals_dir = data.get("openai_evals")
+        except (RuntimeError, OSError) as e:
+            missing = f"opengemma data get openai_evals failed: {str(e).strip().splitlines()[-1]}"
+            print(f"opengemma: {missing}; building from generated questions only", file=sys.stderr)
+    texts, tasks = None, []
+    if not args.no_decontam:
+        from .eval.tasks.registry import REGISTRY
+
+        texts, tasks = _eval_texts(None, {}, progress=True), list(REGISTRY)  # a registry file named like any task goes
+    report = build_sft(args.out, seed=args.seed, n_train=args.n_train, n_heldout=args.n_heldout, eval_texts=texts,
+                       eval_tasks=tasks, evals_dir=evals_dir, evals_missing=missing, progress=True)  # fmt: skip
+    n, d = {k: v["records"] for k, v in report["splits"].items()}, report["decontamination"]
+    against = f"the items of {', '.join(d['tasks']) or 'no installed task'}" if d["enabled"] else "nothing (off)"
+    print(f"{n['train']:,} train, {n['heldout']:,} held-out, {n['heldout_kinds']:,} held-out-kind conversations; "
+          f"decontamination against {against} removed {d['removed']:,}")  # fmt: skip
+    print(f"wrote {args.out}/train.jsonl, heldout.jsonl, heldout_kinds.jsonl, report.json, report.md", file=sys.stderr)
+    return 0
+
+
 def cmd_tokenizer_train(args) -> int:
     from .data.pipeline import read_input_texts
     from .data.readers import list_files
@@ -595,6 +660,24 @@ def cmd_eval_memorization(args) -> int:
     _, md_path = write_report(result, args.output, settings)
     print(md_path.read_text(), end="")
     return 0
+
+
+def cmd_finetune(args) -> int:
+    """The SFT recipe in a child process, as torchrun would start it (the command line never imports a recipe);
+    Ctrl-C reaches the child too, which saves a checkpoint and exits."""
+    import subprocess
+
+    argv = ["--config", args.config] if args.config else []
+    for flag in ("model", "data", "out", "lora_rank", "steps", "quantize", "epochs", "lr", "batch_size", "seq_len"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    extra = [a for a in args.recipe_args if a != "--"]
+    child = subprocess.Popen([sys.executable, "-m", "opengemma.recipes.sft", *argv, *extra])
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:  # the child got it as well and is saving its checkpoint: wait for it
+            continue
 
 
 def cmd_convert(args) -> int:

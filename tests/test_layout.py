@@ -26,6 +26,7 @@ EVERYTHING = {
     "model",
     "qlinear",
     "quantize",
+    "lora",
     "weights",
     "engine",
     "api",
@@ -49,6 +50,7 @@ ALLOWED = {
     "model": {"config", "kernels"},
     "qlinear": {"kernels", "gptq"},
     "quantize": {"config", "kernels", "model", "gptq", "qlinear", "quant_spec"},
+    "lora": {"atomic", "model", "qlinear", "quantize", "weights"},  # PEFT names from the HF weight map
     "weights": {"config", "atomic", "model", "qlinear", "quantize", "quant_spec", "calibration"},
     "engine": {"config", "kernels", "model"},
     "api": {
@@ -58,6 +60,7 @@ ALLOWED = {
         "model",
         "qlinear",
         "quantize",
+        "lora",
         "weights",
         "engine",
         "tokenizer",
@@ -66,7 +69,18 @@ ALLOWED = {
     "serve": {"config", "api", "engine", "tokenizer", "streaming"},
     "eval": {"config", "model", "engine", "tokenizer", "streaming", "data"},
     "data": {"tokenizer", "atomic"},  # and the one atomic write (a leaf)
-    "train": {"config", "atomic", "kernels", "model", "qlinear", "quantize", "quant_spec", "weights"},
+    "train": {
+        "config",
+        "atomic",
+        "kernels",
+        "model",
+        "qlinear",
+        "quantize",
+        "quant_spec",
+        "lora",
+        "weights",
+        "tokenizer",
+    },
     "rl": {"config", "model", "train", "engine"},  # the engine only for rollouts (rl/rollout.py): checked below
     "recipes": EVERYTHING - {"cli"},
     "cli": EVERYTHING - {"recipes", "rl"},  # torchrun launches the recipes; train: convert reads its checkpoints

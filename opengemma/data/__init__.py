@@ -14,6 +14,9 @@ Modules, in the order data flows through them:
 - stages.py, pipeline.py, report.py   `opengemma data prepare`: the stages' bodies, the run (process pool,
                  resumption), report.json/md/png
 - scale.py       the same stages as datatrove pipeline steps, for Slurm or Ray clusters (optional extra)
+- instructions.py, sft_tasks.py, openai_evals.py, sft_build.py   `opengemma data build-sft`: verifiable
+                 (IFEval-style) instructions attached to generated questions and OpenAI evals registry records, the
+                 SFT conversations with held-out questions and held-out instruction kinds, decontaminated
 
 The package imports the tokenizer only (and the atomic-write leaf): never the model, the engine, training or
 eval (the caller passes eval texts in), so it runs on machines without torch's heavy parts in play.

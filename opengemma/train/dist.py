@@ -90,6 +90,18 @@ def autocast(d: Dist, dtype: torch.dtype):
     return torch.autocast(d.device.type, dtype=dtype)
 
 
+def compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A recipe's `dtype` setting: float32, bfloat16, or auto = bfloat16 where the hardware computes it natively (CUDA;
+    CPUs with AVX-512 BF16 or AMX, as oneDNN reports), else float32. On an AVX2-only CPU bf16 matmuls are emulated:
+    measured here (AMD EPYC, AVX2, 2 cores), the 270M's output layer over 512 tokens took 25 s in bf16."""
+    if name == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.bfloat16 if native else torch.float32
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or auto, got {name!r}")
+    return getattr(torch, name)
+
+
 def apply_ac(model: Gemma) -> None:
     """Activation checkpointing per block: keep each block's input, recompute its insides in backward
     (non-reentrant torch.utils.checkpoint, the variant FSDP2 and compile compose with)."""
