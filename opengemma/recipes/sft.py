@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return train(s, stop)
+    except (sft_data.DataError, FileNotFoundError) as e:  # bad input: one line naming the file (and line)
+        print(f"sft: error: {e}", file=sys.stderr)
+        return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -109,12 +112,12 @@ def train(s: dict, stop: dict) -> int:
         lora = LoRAConfig(rank=s["lora_rank"], alpha=alpha, dropout=s["lora_dropout"], targets=s["lora_targets"])
     lr = s["lr"] or (2e-4 if lora else 2e-5)
 
+    records = sft_data.read_jsonl(s["data"])  # bad data fails before the model is loaded
+    held = sft_data.read_jsonl(s["val_data"]) if s["val_data"] else []
     base, tok_path = checkpoint.import_weights(s["model"])
     if tok_path is None:
         sys.exit(f"sft: {s['model']} has no tokenizer.model")
     tokenizer, cfg = Tokenizer(tok_path), base.config
-    records = sft_data.read_jsonl(s["data"])
-    held = sft_data.read_jsonl(s["val_data"]) if s["val_data"] else []
     if not held:
         records, held = sft_data.split_holdout(records, s["val_fraction"], s["val_max"], s["seed"])
     examples, stats = sft_data.encode(records, tokenizer, s["seq_len"], source=s["data"])

@@ -126,7 +126,8 @@ def test_packing_places_every_example_once_and_resume_is_exact(tok):
 
 
 def test_chat_template_renders_as_the_tokenizer_does(tok):
-    jinja2 = pytest.importorskip("jinja2")
+    import jinja2  # torch depends on it
+
     template = jinja2.Environment().from_string(CHAT_TEMPLATE)
     convo = [
         {"role": "system", "content": "Be brief."},
@@ -289,3 +290,24 @@ def test_qlora_run_learns(setup, tmp_path):
     q = opengemma.load(setup / "base", adapter=out / "adapter", quantize="int8")
     assert q.instruction_tuned
     assert q.chat([{"role": "user", "content": FACTS[1][0]}], max_new_tokens=8) == f"the answer is {FACTS[1][1]}"
+
+
+def test_finetune_command_runs_the_recipe_and_the_output_serves_the_commands(setup, tmp_path):
+    out = tmp_path / "cli"
+    from opengemma.cli import main
+
+    argv = ["finetune", "--model", str(setup / "base"), "--data", str(setup / "chat.jsonl"), "--lora-rank", "2",
+            "--steps", "2", "--batch-size", "2", "--seq-len", "48", "--out", str(out), "--", "--samples", "0",
+            "--threads", "1", "--dtype", "float32"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "adapter/adapter_model.safetensors").is_file() and (out / "merged/model.safetensors").is_file()
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")[0]] == [1, 2]
+    assert json.loads((out / "adapter/adapter_config.json").read_text())["r"] == 2
+    # the model commands take the adapter
+    from opengemma.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["generate", "hi", "--model", str(setup / "base"), "--adapter", str(out / "adapter")]
+    )
+    assert args.adapter == str(out / "adapter")
+    assert main(["finetune", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "x")]) != 0
