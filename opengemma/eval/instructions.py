@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import opengemma  # the public API, as lm_eval_adapter.py loads models (eval/ never imports api.py itself)
 
-    kw = {"adapter": args.adapter} if args.adapter else {}  # only when asked: older load()s have no such keyword
-    llm = opengemma.load(*([args.model] if args.model else []), dtype=args.dtype, device=args.device, **kw)
+    llm = opengemma.load(
+        *([args.model] if args.model else []), dtype=args.dtype, device=args.device, adapter=args.adapter
+    )
     result = follow_rates(llm, read_records(args.data, args.limit), max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size)  # fmt: skip
     result = {"model": llm.name, "adapter": args.adapter, "data": str(args.data), **result}

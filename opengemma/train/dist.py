@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..config import GemmaConfig
 from ..model import Gemma
+from ..quantize import prepare_quantized
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def build(
     torch.manual_seed(seed) so that every world size starts from the same adapters)."""
     if not d.sharded:
         model = _full_model(cfg, state, seed, swap).to(d.device)
+        prepare_quantized(model)  # a move drops int4 kernel layouts (QLoRA over int4): rebuild them on the device
         _wrap(model, ac, compile)
         return model
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -161,8 +163,12 @@ def build(
 
 def _full_model(cfg: GemmaConfig, state: dict[str, torch.Tensor] | None, seed: int, swap=None) -> Gemma:
     if state is not None:
-        model = Gemma(cfg)
-        model.load_state_dict(state, strict=True)
+        # built on meta and given the loaded tensors themselves (a checkpoint's memory map): no random init to
+        # overwrite, and no second copy of the weights in memory while the run starts
+        with torch.device("meta"):
+            model = Gemma(cfg)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.init_rope()
     else:
         torch.manual_seed(seed)
         model = Gemma(cfg)

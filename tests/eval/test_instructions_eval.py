@@ -94,7 +94,7 @@ def test_batched_replies_equal_one_at_a_time_with_a_tiny_model(llm):
     assert batched["followed"] == single["followed"]
 
 
-def test_command_line_loads_the_adapter_only_when_asked(llm, tmp_path, monkeypatch, capsys):
+def test_command_line_passes_the_adapter(llm, tmp_path, monkeypatch, capsys):
     import opengemma
 
     data = tmp_path / "heldout.jsonl"
@@ -109,7 +109,7 @@ def test_command_line_loads_the_adapter_only_when_asked(llm, tmp_path, monkeypat
     out = tmp_path / "follow.json"
     argv = ["--model", "m", "--data", str(data), "--output", str(out), "--limit", "3", "--max-new-tokens", "6"]
     assert instructions.main(argv) == 0
-    assert calls[-1] == (("m",), {"dtype": None, "device": None})
+    assert calls[-1] == (("m",), {"dtype": None, "device": None, "adapter": None})
     result = json.loads(out.read_text())
     assert result["n"] == 3 and [r["id"] for r in result["records"]] == ["r0", "r1", "r3"]  # plain r2 skipped
     assert result["adapter"] is None and "followed" in capsys.readouterr().out

@@ -277,17 +277,18 @@ def test_lora_under_two_gloo_ranks_equals_one_process(setup, lora_run, tmp_path)
     assert l1[-1] < l1[0]
 
 
-def test_qlora_run_learns(setup, tmp_path):
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_qlora_run_learns(setup, tmp_path, mode):
     out = tmp_path / "qlora"
     threads = torch.get_num_threads()
     try:
-        assert sft.main(args(setup, out, quantize="int8", samples=0, dtype="bfloat16")) == 0
+        assert sft.main(args(setup, out, quantize=mode, samples=0, dtype="bfloat16")) == 0
     finally:
         torch.set_num_threads(threads)
     losses, _ = curve(out)
     assert losses[-1] < 0.05 * losses[0]
     # the adapter was trained on the int8 base; merged into the float base it stays close to the int8 + adapter model
-    q = opengemma.load(setup / "base", adapter=out / "adapter", quantize="int8")
+    q = opengemma.load(setup / "base", adapter=out / "adapter", quantize=mode, group_size=32)
     assert q.instruction_tuned
     assert q.chat([{"role": "user", "content": FACTS[1][0]}], max_new_tokens=8) == f"the answer is {FACTS[1][1]}"
 
