@@ -26,7 +26,7 @@ lint:
 	$(PYTHON) -m ruff check opengemma tests benchmarks
 
 test: install-test lint
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=40
 
 test-quick: install-test
 	$(PYTHON) -m pytest -q -m "not real_model"

@@ -31,6 +31,7 @@ RUNS = {  # name -> opengemma arguments
     "bbh": ["eval", "--tasks", "bbh"],  # 250 items per task (fewer where a task has fewer)
     "memorization": ["eval-memorization", "--unit", "window", "-n", "2000", "--quantize", "int8"],
 }
+BIGBENCH_RUNS = ("siqa_tqa", "bbq", "bbh")  # need `opengemma data get bigbench --from BIG-bench/`
 
 
 def shakespeare() -> Path:
@@ -90,8 +91,15 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated runs to skip: " + ",".join(RUNS))
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "opengemma.cli", "data", "get", "mmlu", "humaneval", "bigbench"], check=True)
+    subprocess.run([sys.executable, "-m", "opengemma.cli", "data", "get", "mmlu", "humaneval"], check=True)
     todo = [n for n in RUNS if n not in args.skip.split(",")]
+    from opengemma.eval.data import DataNotFoundError, data_path
+
+    try:
+        data_path("bigbench")
+    except DataNotFoundError as e:  # bigbench 1.0.0 has left PyPI: a copy must be installed with --from
+        print(f"skipping {', '.join(BIGBENCH_RUNS)}: {e}", file=sys.stderr)
+        todo = [n for n in todo if n not in BIGBENCH_RUNS]
     with ThreadPoolExecutor(2) as pool:
         codes = dict(zip(todo, pool.map(lambda n: run(n, args, args.dtype, args.threads), todo)))
     rows = summary()

