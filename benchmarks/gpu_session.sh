@@ -4,7 +4,8 @@
 # kernel against torch's per product, the decode benchmark (bf16 vs the GEMV kernel in bf16/int8/int4, same
 # run): about 9 minutes, under the 10 a lent machine's command may take. STAGES=tier (best as a second
 # call) runs the whole GPU test tier (about a dozen compiles of tiny models, 20-60 s each). Logs, JSON: $OUT.
-# Then the training benchmark (benchmarks/train_gpu.py, about 4 minutes within TRAIN_BUDGET): with it the
+# Then the training benchmark (benchmarks/train_gpu.py, about 4 minutes within TRAIN_BUDGET: gemma-2b pretraining
+# steps vs transformers, the LoRA SFT stage vs transformers + peft (peft where installed), gemma-7b): with it the
 # default list passes one command's 10 minutes, so on a lent machine run STAGES=quick,gemv,decode and then
 # STAGES=train as two calls.
 #   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root

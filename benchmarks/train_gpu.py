@@ -32,6 +32,7 @@ Writes <out>/train_gpu.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import socket
 import statistics
@@ -45,7 +46,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's opengemma, wherever the script 
 T0 = time.perf_counter()
 TARGET_MFU, TARGET_MEMORY = 0.65, 0.5  # issue 16
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-5, (0.9, 0.95), 1e-8, 0.1
-COST_S = {"default": 30, "transformers": 40, "compile": 100, "ac": 30, "compile+ac": 100, "big": 60}  # guesses, s
+COST_S = {"default": 30, "transformers": 40, "compile": 100, "ac": 30, "compile+ac": 100, "big": 60, "lora": 30}
+# (guesses, s)
 
 
 # -- the child: one stage ------------------------------------------------------------------------------------
@@ -88,6 +90,10 @@ def build_ours(spec: dict, device):
         fully_shard(model, mesh=mesh, mp_policy=mp)
     model.to_empty(device=device)
     model.init_weights()  # N(0, 0.02), residual projections scaled, norms 0; RoPE tables too
+    if spec.get("lora"):  # the SFT stage: adapters (float32) on every projection of the frozen bf16 base
+        from opengemma.lora import LoRAConfig, apply_lora
+
+        apply_lora(model, LoRAConfig(rank=spec["lora"], alpha=2.0 * spec["lora"], targets="all"))
     return model
 
 
@@ -107,6 +113,13 @@ def build_transformers(spec: dict, device):
     hf_cfg._attn_implementation = spec["hf_attn"]
     with torch.device(device):
         model = model_cls(hf_cfg)  # float32, its own init (N(0, 0.02)), built on the device
+    if spec.get("lora"):  # peft's LoRA on the same projections over the frozen base, held in bf16 as ours
+        import peft
+
+        model = model.to(torch.bfloat16)
+        lcfg = peft.LoraConfig(r=spec["lora"], lora_alpha=2 * spec["lora"], lora_dropout=0.0, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+        model = peft.get_peft_model(model, lcfg, autocast_adapter_dtype=True)  # adapters float32, as ours
     return model
 
 
@@ -133,10 +146,12 @@ def child(spec: dict) -> dict:
 
         model = build_transformers(spec, device)
         fused = build_optimizer(torch.nn.Linear(2, 2, device=device), lr=LR).defaults["fused"]  # ours' choice
-        opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=fused)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=fused)
         vocab = model.config.vocab_size
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     x = torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(1234)).to(device)
     if spec["side"] == "ours":  # transformers' shifted labels: position t predicts x[t+1]; the last has none
         y = torch.cat([x[:, 1:], torch.full((B, 1), IGNORE_INDEX, device=device)], dim=1)
@@ -170,6 +185,7 @@ def child(spec: dict) -> dict:
             times.append(dt)
     result = {
         "params": n_params,
+        "trained_params": n_trained,
         "first_step_s": first_step_s,
         "step_s": times,
         "losses": [float(v) for v in losses],
@@ -231,6 +247,13 @@ def main() -> None:
     ap.add_argument("--shapes", default="8x2048,2x8192", help="BATCHxSEQ, comma-separated; the first one is main")
     ap.add_argument("--variants", default="default,compile,ac", help="ours at the first shape: default,compile,ac,"
                     "compile+ac (compile / ac need opengemma.train.dist)")  # fmt: skip
+    ap.add_argument(
+        "--lora-rank",
+        type=int,
+        default=16,
+        help="the SFT stage at the first shape: ours LoRA vs "
+        "transformers + peft LoRA (all 7 projections, alpha 2r, bf16 frozen base); 0 skips it",
+    )
     ap.add_argument("--big-model", default="gemma-7b", help="ours only, FSDP2 (1 rank) + AC; '' to skip")
     ap.add_argument("--big-shape", default="8x2048", type=shape)
     ap.add_argument("--big-master", default="bfloat16", choices=["bfloat16", "float32"], help="its weights' dtype")
@@ -291,12 +314,24 @@ def main() -> None:
         for v in variants if i == 0 else ():
             if v != "default":
                 plan.append((name(args.model, bt, f"ours {v}"), ours(args.model, bt, v, master="float32"), v))
+        if i == 0 and args.lora_rank:
+            lo = dict(lora=args.lora_rank)
+            plan.append((name(args.model, bt, "ours lora"), ours(args.model, bt, "default", master="bfloat16", **lo),
+                         "lora"))  # fmt: skip
+            if not args.skip_transformers:
+                plan.append(
+                    (name(args.model, bt, "transformers+peft lora"), dict(theirs(args.model, bt), **lo), "lora")
+                )
         if i == 0 and args.big_model:
             spec = ours(args.big_model, args.big_shape, "ac", master=args.big_master, fsdp=True)
             plan.append((name(args.big_model, args.big_shape, f"ours fsdp+ac {args.big_master}"), spec, "big"))
 
     for label, spec, kind in plan:
         left = args.budget_s - (time.perf_counter() - T0)
+        if spec.get("lora") and spec["side"] != "ours" and importlib.util.find_spec("peft") is None:
+            results["skipped"].append(f"{label} (peft is not installed)")
+            print(f"skip {label}: peft is not installed", flush=True)
+            continue
         if (spec.get("ac") or spec.get("compile")) and not have_dist:
             results["skipped"].append(f"{label} (opengemma.train.dist.apply_ac / apply_compile not available)")
             print(f"skip {label}: opengemma.train.dist not available", flush=True)
@@ -334,7 +369,7 @@ def report(results: dict) -> None:
         if "error" in r:
             print(f"| {model} | {bt} | {side} | failed: {r['error'][:200]} | | | | | |")
             continue
-        ref = stages.get(f"{model} {bt} transformers")
+        ref = stages.get(f"{model} {bt} transformers" + ("+peft lora" if side.endswith("lora") else ""))
         ref = ref if ref and "error" not in ref else None
         ratio = lambda key: f"{r[key] / ref[key]:.2f}x" if ref else "-"
         mfu = f"{r['mfu']:.3f}" if "mfu" in r else "-"
@@ -342,7 +377,7 @@ def report(results: dict) -> None:
             f"| {model} | {bt} | {side} | {r['tok_s']:.0f} | {ratio('tok_s')} | {mfu} | {r['peak_gb']:.1f} | "
             f"{ratio('peak_gb')} | {r['first_step_s']:.1f} |"
         )
-        if side.startswith("ours") and "mfu" in r:
+        if side.startswith("ours") and "mfu" in r and not side.endswith("lora"):  # issue 16's targets: full training
             r["targets"] = {"mfu_met": r["mfu"] >= TARGET_MFU}
             if ref:
                 mem = r["peak_gb"] / ref["peak_gb"]

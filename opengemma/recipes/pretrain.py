@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from opengemma.train import checkpoint, dist
 from opengemma.train.loss import chunked_cross_entropy
 from opengemma.train.metrics import MetricsLog, Progress, flops_per_token, measure_peak_flops, mfu, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import parse
+from opengemma.train.settings import run_recipe
 
 SETTINGS = {
     "model": ("tiny-gemma3", str, "a preset to train from scratch, or a checkpoint to continue from"),
@@ -78,14 +77,7 @@ def model_source(s: dict, manifest: dict, root: Path):
 
 
 def main(argv=None) -> int:
-    s = parse(SETTINGS, argv, __doc__)
-    stop = {"now": False}  # a signal finishes the step, saves and exits
-    previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return train(s, stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_recipe(train, SETTINGS, argv, __doc__, "pretrain")
 
 
 def train(s: dict, stop: dict) -> int:

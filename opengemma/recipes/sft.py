@@ -20,7 +20,6 @@ config carries Gemma's chat template). Rerunning the same command resumes exactl
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from opengemma.train import checkpoint, dist
 from opengemma.train.loss import chunked_cross_entropy
 from opengemma.train.metrics import MetricsLog, Progress, flops_per_token, measure_peak_flops, mfu, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import parse
+from opengemma.train.settings import run_recipe
 
 SETTINGS = {
     "model": (
@@ -80,17 +79,7 @@ SETTINGS = {
 
 
 def main(argv=None) -> int:
-    s = parse(SETTINGS, argv, __doc__)
-    stop = {"now": False}  # a signal finishes the step, saves and exits
-    previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return train(s, stop)
-    except (sft_data.DataError, FileNotFoundError) as e:  # bad input: one line naming the file (and line)
-        print(f"sft: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_recipe(train, SETTINGS, argv, __doc__, "sft", input_errors=(sft_data.DataError, FileNotFoundError))
 
 
 def train(s: dict, stop: dict) -> int:

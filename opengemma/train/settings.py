@@ -70,3 +70,22 @@ def parse(defaults: dict[str, tuple], argv: list[str] | None = None, description
         if flag is not None:
             values[name] = {**(values[name] or {}), **flag} if defaults[name][1] is dict else flag
     return values
+
+
+def run_recipe(train, defaults: dict[str, tuple], argv: list[str] | None, doc: str, name: str, input_errors=()) -> int:
+    """A recipe's main(): its settings parsed, then `train(settings, stop)`, where SIGINT / SIGTERM set
+    stop["now"] (the loop finishes its step, saves and returns) instead of killing the step half-written.
+    input_errors: exceptions meaning bad input (a malformed record, a missing file): one line naming it, exit 2."""
+    import signal
+
+    s = parse(defaults, argv, doc)
+    stop = {"now": False}
+    previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return train(s, stop)
+    except tuple(input_errors) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
