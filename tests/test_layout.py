@@ -81,7 +81,8 @@ ALLOWED = {
         "weights",
         "tokenizer",
     },
-    "rl": {"config", "model", "train", "engine"},  # the engine only for rollouts (rl/rollout.py): checked below
+    # the engine only for rollouts (rl/rollout.py): checked below; weights: the reward model's HF layout
+    "rl": {"config", "model", "train", "engine", "weights"},
     "recipes": EVERYTHING - {"cli"},
     "cli": EVERYTHING - {"recipes", "rl"},  # torchrun launches the recipes; train: convert reads its checkpoints
 }

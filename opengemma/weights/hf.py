@@ -49,6 +49,14 @@ HF_MAP = {
 }
 
 SUPPORTED_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+# A reward model: the trunk plus a (num_labels, hidden) `score` layer read at the last non-padding token, in the
+# layout of transformers' AutoModelForSequenceClassification (which TRL's RewardTrainer trains and reads)
+SEQ_CLS_ARCHITECTURES = {
+    "gemma": "GemmaForSequenceClassification",
+    "gemma2": "Gemma2ForSequenceClassification",
+    "gemma3": "Gemma3TextForSequenceClassification",
+}
+SCORE = "score.weight"
 SHARD_BYTES = 4 * 2**30
 
 
@@ -84,8 +92,10 @@ def _safetensors_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
-def read_config(path: str | Path) -> GemmaConfig:
+def read_config(path: str | Path, sequence_classification: bool = False) -> GemmaConfig:
+    """The GemmaConfig of a Hugging Face directory: a causal LM, or with sequence_classification a reward model."""
     path = Path(path)
+    supported = tuple(SEQ_CLS_ARCHITECTURES.values()) if sequence_classification else SUPPORTED_ARCHITECTURES
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{path}: no config.json (not a Hugging Face layout directory)")
@@ -94,10 +104,8 @@ def read_config(path: str | Path) -> GemmaConfig:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
     archs = hf.get("architectures") or []
-    if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise CheckpointError(
-            f"{cfg_file}: architecture {archs} not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
+    if (archs or sequence_classification) and not any(a in supported for a in archs):
+        raise CheckpointError(f"{cfg_file}: architecture {archs} not supported; supported: {', '.join(supported)}")
     try:
         cfg = GemmaConfig.from_hf_config(hf)
     except (KeyError, ValueError) as e:
@@ -122,10 +130,26 @@ def tensor_index(path: str | Path) -> dict[str, tuple[Path, tuple[int, ...], str
 
 def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Gemma:
     path = Path(path)
-    cfg = read_config(path)
+    return _load(path, read_config(path), tensor_index(path), dtype, device)
+
+
+def load_hf_reward_dir(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[Gemma, torch.Tensor]:
+    """A *ForSequenceClassification directory: (the trunk as a Gemma, the score weight (num_labels, hidden))."""
+    path = Path(path)
+    cfg = read_config(path, sequence_classification=True)
+    index = tensor_index(path)
+    if SCORE not in index:
+        raise CheckpointError(f"{path}: no {SCORE} (not a sequence-classification checkpoint)")
+    f, _, _ = index.pop(SCORE)
+    score = mmap_safetensors(f)[SCORE].to(device=device, dtype=torch.float32)
+    return _load(path, cfg, index, dtype, device), score
+
+
+def _load(path: Path, cfg: GemmaConfig, index: dict, dtype: torch.dtype, device) -> Gemma:
     model, expected = meta_model(cfg)
     wmap = weight_map(cfg, expected)
-    index = tensor_index(path)
     # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): transformers ignores it too.
     if cfg.tie_embeddings:
         index.pop("lm_head.weight", None)
@@ -143,11 +167,18 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32, device: st
 
 
 def save_hf_dir(
-    model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dtype | None = None, instruction_tuned: bool = False
+    model: Gemma,
+    path: str | Path,
+    tokenizer=None,
+    dtype: torch.dtype | None = None,
+    instruction_tuned: bool = False,
+    score: torch.Tensor | None = None,
 ) -> Path:
     """Write a Hugging Face layout directory that transformers' *ForCausalLM loads as it is. instruction_tuned: a
     chat model: the tokenizer config carries Gemma's chat template (which opengemma.load reads as "instruction
-    tuned") and generation stops at <end_of_turn> too."""
+    tuned") and generation stops at <end_of_turn> too. score (num_labels, hidden): a reward model instead, which
+    transformers' AutoModelForSequenceClassification loads (no output layer; the head reads the last token that
+    is not pad_token_id)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -155,6 +186,12 @@ def save_hf_dir(
     wmap = weight_map(cfg, state)
     hf_state = {wmap[k]: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in state.items()}
     hf_cfg = cfg.to_hf_config()
+    if score is not None:
+        hf_state.pop("lm_head.weight", None)
+        hf_state[SCORE] = score.detach().to(dtype or score.dtype).contiguous().cpu()
+        hf_cfg["architectures"] = [SEQ_CLS_ARCHITECTURES[cfg.family]]
+        hf_cfg["id2label"] = {str(i): f"LABEL_{i}" for i in range(score.shape[0])}
+        hf_cfg["label2id"] = {f"LABEL_{i}": i for i in range(score.shape[0])}
     hf_cfg["torch_dtype"] = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     hf_cfg["dtype"] = hf_cfg["torch_dtype"]
 
