@@ -229,3 +229,33 @@ LONG_TEXT = "\n\n".join(
     ]
     * 3
 )
+
+
+def run_recipe(module: str, argv: list[str], *, patch: str = "", torchrun: bool = False, timeout: float = 300):
+    """A recipe (opengemma.recipes.<module>) in a child process, 1 thread per process: plain, with `patch` (Python
+    run first, e.g. a signal sent mid-run), or under torchrun with 2 ranks (gloo). Returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    script = f"import sys\n{textwrap.dedent(patch)}\nfrom opengemma.recipes import {module}\nsys.exit({module}.main())"
+    prog = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", f"opengemma.recipes.{module}"]
+    cmd = [sys.executable, *(prog if torchrun else ["-c", script])] + argv
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# a SIGINT right after the metrics line of step 3: what Ctrl-C does to a run (patch= of run_recipe)
+INTERRUPT_AT_STEP_3 = """
+    import os, signal
+    from opengemma.train import metrics
+    log = metrics.MetricsLog.log
+    def once(self, record):
+        log(self, record)
+        if record.get("step") == 3 and "loss" in record:
+            os.kill(os.getpid(), signal.SIGINT)
+    metrics.MetricsLog.log = once
+"""

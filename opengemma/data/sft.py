@@ -60,8 +60,10 @@ def record_messages(record: dict, where: str) -> list[dict]:
     return messages
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every record of a JSONL file (blank lines skipped), each checked to hold a conversation; errors name the line."""
+def read_jsonl(path: str | Path, check=None) -> list[dict]:
+    """Every record of a JSONL file (blank lines skipped), each checked by `check(record, "file:line")` (default:
+    record_messages, a conversation); errors name the line."""
+    check = check or record_messages
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
@@ -74,7 +76,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            record_messages(record, f"{path}:{n}")
+            check(record, f"{path}:{n}")
             record["_line"] = n
             records.append(record)
     if not records:

@@ -32,7 +32,15 @@ from opengemma.quantize import quantize_model
 from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint, dist
 from opengemma.train.loss import chunked_cross_entropy
-from opengemma.train.metrics import MetricsLog, Progress, flops_per_token, measure_peak_flops, mfu, plot_loss
+from opengemma.train.metrics import (
+    MetricsLog,
+    Progress,
+    flops_per_token,
+    measure_peak_flops,
+    mfu,
+    peak_memory_gib,
+    plot_loss,
+)
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
 from opengemma.train.settings import run_recipe
 
@@ -267,15 +275,6 @@ def export(ckpt: Path, out: Path, lora: bool) -> None:
         checkpoint.export_adapter(ckpt, out / "adapter")
     checkpoint.export_hf(ckpt, out / "merged", instruction_tuned=True)
     print(f"wrote {out / 'merged'}" + (f" and {out / 'adapter'}" if lora else ""), flush=True)
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """The process's peak memory so far: resident set on the CPU (ru_maxrss, KiB on Linux), allocated on CUDA."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 if __name__ == "__main__":

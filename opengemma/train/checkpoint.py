@@ -146,10 +146,13 @@ def load(
     return meta
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32, merged: bool = True) -> tuple[Gemma, Path | None]:
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, merged: bool = True, swap=None
+) -> tuple[Gemma, Path | None]:
     """A checkpoint's weights as a plain one-process Gemma (any world size wrote it), and its tokenizer file.
     A LoRA run's checkpoint holds the adapters only (meta.json's "lora" and "base"): the base is imported from its
-    source, the adapters applied and (merged) folded into it."""
+    source, the adapters applied and (merged) folded into it. swap: the module swap the run trained with (e.g. a
+    reward head), applied before the weights are read."""
     path = Path(path)
     if not (path / "meta.json").is_file() or not (path / ".metadata").is_file():
         raise FileNotFoundError(f"{path} is not a complete training checkpoint (no meta.json / .metadata)")
@@ -168,6 +171,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, merged: boo
             merge(model)
         return model.to(dtype), tok if tok.is_file() else base_tok
     model = Gemma(GemmaConfig.from_dict(meta["config"]))
+    if swap is not None:
+        swap(model)
     state = {"model": model.state_dict()}
     with _quiet():
         dcp.load(state, checkpoint_id=path)  # reads just the model's tensors, resharded to this one process

@@ -323,3 +323,12 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """The process's peak memory so far: resident set on the CPU (ru_maxrss, KiB on Linux), allocated on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -167,22 +167,18 @@ def _load(path: Path, cfg: GemmaConfig, index: dict, dtype: torch.dtype, device)
 
 
 def save_hf_dir(
-    model: Gemma,
-    path: str | Path,
-    tokenizer=None,
-    dtype: torch.dtype | None = None,
-    instruction_tuned: bool = False,
-    score: torch.Tensor | None = None,
+    model: Gemma, path: str | Path, tokenizer=None, dtype: torch.dtype | None = None, instruction_tuned: bool = False
 ) -> Path:
     """Write a Hugging Face layout directory that transformers' *ForCausalLM loads as it is. instruction_tuned: a
     chat model: the tokenizer config carries Gemma's chat template (which opengemma.load reads as "instruction
-    tuned") and generation stops at <end_of_turn> too. score (num_labels, hidden): a reward model instead, which
-    transformers' AutoModelForSequenceClassification loads (no output layer; the head reads the last token that
-    is not pad_token_id)."""
+    tuned") and generation stops at <end_of_turn> too. A model with a reward head (`model.score`, rl/reward.py) is
+    written as what transformers' AutoModelForSequenceClassification loads (no output layer; its head reads the last
+    token that is not pad_token_id)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     state = model.state_dict()
+    score = state.pop(SCORE, None)
     wmap = weight_map(cfg, state)
     hf_state = {wmap[k]: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in state.items()}
     hf_cfg = cfg.to_hf_config()

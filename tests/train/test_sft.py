@@ -3,16 +3,12 @@ resume, and the recipe end to end on a tiny Gemma 3 (loss falls on a memorizable
 base + adapter; resume == uninterrupted; torchrun with 2 gloo ranks == one process)."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_model, tiny_sentencepiece
+from helpers import INTERRUPT_AT_STEP_3, run_recipe, tiny_model, tiny_sentencepiece
 
 import opengemma
 from opengemma.data import sft as sft_data
@@ -23,7 +19,6 @@ from opengemma.train import checkpoint
 from opengemma.train.metrics import read_metrics
 from opengemma.weights.hf import CHAT_TEMPLATE, save_hf_dir
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS = 80
 
 
@@ -221,26 +216,12 @@ def test_merged_equals_base_plus_adapter_and_is_a_chat_model(setup, lora_run):
 
 
 def run(argv, *, patch="", torchrun=False):
-    script = "import sys\n" + textwrap.dedent(patch) + "\nfrom opengemma.recipes import sft\nsys.exit(sft.main())"
-    prog = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "opengemma.recipes.sft"]
-    cmd = [sys.executable, *(prog if torchrun else ["-c", script])] + argv
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_recipe("sft", argv, patch=patch, torchrun=torchrun)
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted(setup, lora_run, tmp_path):
     out = tmp_path / "resumed"
-    patch = """
-        import os, signal
-        from opengemma.train import metrics
-        log = metrics.MetricsLog.log
-        def once(self, record):
-            log(self, record)
-            if record.get("step") == 3 and "loss" in record:
-                os.kill(os.getpid(), signal.SIGINT)
-        metrics.MetricsLog.log = once
-    """
-    r = run(args(setup, out), patch=patch)
+    r = run(args(setup, out), patch=INTERRUPT_AT_STEP_3)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [p.name for p in checkpoint.checkpoints(out)] == ["step_3"] and not (out / "merged").exists()
     r = run(args(setup, out))
