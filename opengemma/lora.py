@@ -22,6 +22,7 @@ does not say (init as above, scaling alpha / r, `use_rslora` false).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
+    enabled = True  # adapters_disabled() turns it off: the frozen base alone
+
     @property
     def quantized(self) -> bool:
         return isinstance(self.base, (Int8Linear, Int4Linear))
@@ -145,6 +148,8 @@ class LoRALinear(nn.Module):
         a, b = self.lora_A, self.lora_B
         if not torch.is_autocast_enabled(x.device.type):  # autocast casts by itself
             a, b = a.to(x.dtype), b.to(x.dtype)
+        if not self.enabled:
+            return y
         return y + F.linear(F.linear(self.dropout(x), a), b) * self.scaling  # (.., in) -> (.., r) -> (.., out)
 
     def delta(self) -> torch.Tensor:
@@ -157,6 +162,20 @@ class LoRALinear(nn.Module):
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """The base model alone inside the block (every LoRALinear's update skipped): a LoRA policy's frozen reference,
+    with no second copy of the weights (peft's disable_adapter)."""
+    mods = list(lora_modules(model).values())
+    for m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.enabled = True
 
 
 def apply_lora(model: Gemma, config: LoRAConfig) -> Gemma:

@@ -1,4 +1,4 @@
-"""Preference pairs in JSONL -> Gemma's chat format, for the reward model and DPO.
+"""Preference pairs in JSONL -> Gemma's chat format, for the reward model and DPO; prompts for RLHF.
 
 Records, in the shapes TRL's preference trainers take:
     {"prompt": "...", "chosen": "...", "rejected": "..."}                       strings: one user turn, one answer
@@ -9,6 +9,9 @@ An optional numeric "margin" (TRL's RewardTrainer) is kept. A malformed line is 
 Both sides are rendered by `Tokenizer.encode_chat` over the whole conversation (so the reward model reads the
 answer after its prompt, in the chat format the policy writes) with the mask of the answer's tokens and its
 `<end_of_turn>` (what DPO's sequence log-probabilities sum over).
+
+RLHF prompts: {"prompt": "..."} or {"messages": [...]} (the conversation so far, ending with a user turn), any
+other fields kept for the verifier.
 """
 
 from __future__ import annotations
@@ -108,15 +111,15 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, np.ndarray]:
     }
 
 
-class PairLoader:
-    """Batches of pairs for a run: a seeded shuffle per epoch; its position (epoch, index) is its state, so a
-    resumed run continues exactly. Ranks take interleaved slices of each global batch."""
+class Batches:
+    """Batches of items (pairs, prompts) for a run: a seeded shuffle per epoch; its position (epoch, index) is its
+    state, so a resumed run continues exactly. Ranks take interleaved slices of each global batch."""
 
-    def __init__(self, pairs: list[Pair], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, pairs: list, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} must divide among {world} ranks")
         if len(pairs) < batch_size:
-            raise ValueError(f"{len(pairs)} pairs are fewer than one batch of {batch_size}")
+            raise ValueError(f"{len(pairs)} items are fewer than one batch of {batch_size}")
         self.pairs, self.batch_size, self.seed, self.rank, self.world = pairs, batch_size, seed, rank, world
         self.epoch, self.index = 0, 0
 
@@ -127,7 +130,7 @@ class PairLoader:
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.pairs))
 
-    def next_batch(self) -> list[Pair]:
+    def next_batch(self) -> list:
         if self.index >= self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
         order = self._order(self.epoch)[self.index * self.batch_size : (self.index + 1) * self.batch_size]
@@ -139,3 +142,26 @@ class PairLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def prompt_messages(record: dict, where: str) -> list[dict]:
+    """An RLHF prompt record's conversation (ending with a user turn), or DataError."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if isinstance(record.get("prompt"), str):
+        messages = [{"role": "user", "content": record["prompt"]}]
+    elif isinstance(record.get("messages"), list) and record["messages"]:
+        messages = record["messages"]
+    else:
+        raise DataError(f"{where}: a prompt record needs 'prompt' (a string) or 'messages' (keys: {sorted(record)})")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: message {i} must be an object with string 'role' and 'content', got {m!r:.80}")
+    if messages[-1]["role"] != "user":
+        raise DataError(f"{where}: the prompt must end with a user turn (the model answers it)")
+    return messages
+
+
+def read_prompts(path) -> list[dict]:
+    """Every record of an RLHF prompt file, checked; errors name the line."""
+    return read_jsonl(path, check=prompt_messages)

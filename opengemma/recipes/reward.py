@@ -93,7 +93,7 @@ def train(s: dict, stop: dict) -> int:
     pairs, stats = preference.encode_pairs(records, tokenizer, s["seq_len"], source=s["data"])
     val_pairs, _ = preference.encode_pairs(held, tokenizer, s["seq_len"], source=s["val_data"] or s["data"])
     pad = tokenizer.pad_id or 0
-    loader = preference.PairLoader(pairs, s["batch_size"], seed=s["seed"], rank=d.rank, world=d.world)
+    loader = preference.Batches(pairs, s["batch_size"], seed=s["seed"], rank=d.rank, world=d.world)
     steps = s["steps"] or max(1, math.ceil(s["epochs"] * loader.batches_per_epoch))
     schedule = dict(
         lr=s["lr"], steps=steps, warmup=min(s["warmup"], steps), schedule=s["schedule"], min_ratio=s["min_lr_ratio"]

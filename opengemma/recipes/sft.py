@@ -265,16 +265,8 @@ def train(s: dict, stop: dict) -> int:
     if d.main and not stop["now"]:
         plot_loss(out)
         if s["export"]:
-            export(checkpoint.latest(out), out, lora is not None)
+            checkpoint.export_tuned(checkpoint.latest(out), out, lora is not None)
     return 0
-
-
-def export(ckpt: Path, out: Path, lora: bool) -> None:
-    """The tuned model from the last checkpoint, in one process: out/adapter (LoRA) and out/merged (float32)."""
-    if lora:
-        checkpoint.export_adapter(ckpt, out / "adapter")
-    checkpoint.export_hf(ckpt, out / "merged", instruction_tuned=True)
-    print(f"wrote {out / 'merged'}" + (f" and {out / 'adapter'}" if lora else ""), flush=True)
 
 
 if __name__ == "__main__":

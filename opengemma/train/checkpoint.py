@@ -224,6 +224,16 @@ def export_adapter(path: str | Path, out: str | Path) -> Path:
 # --- RNG states as JSON ------------------------------------------------------------------------------------------
 
 
+def export_tuned(ckpt: str | Path, out: str | Path, lora: bool) -> None:
+    """A tuned chat model from a run's last checkpoint, in one process: out/merged (Hugging Face layout, float32,
+    Gemma's chat template) and, for LoRA runs, out/adapter (PEFT layout)."""
+    out = Path(out)
+    if lora:
+        export_adapter(ckpt, out / "adapter")
+    export_hf(ckpt, out / "merged", instruction_tuned=True)
+    print(f"wrote {out / 'merged'}" + (f" and {out / 'adapter'}" if lora else ""), flush=True)
+
+
 def rng_state() -> dict:
     def b64(t: torch.Tensor) -> str:
         return base64.b64encode(t.numpy().tobytes()).decode()

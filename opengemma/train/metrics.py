@@ -195,9 +195,9 @@ def _repair_tail(path: Path) -> None:
             f.truncate(cut)
 
 
-def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
+def read_metrics(path: str | Path, val_key: str = "val_loss") -> tuple[list[dict], list[dict]]:
     """(train records, validation records) of a metrics.jsonl, each sorted by step. A validation record holds
-    `val_loss`, a train record `loss` (a record may be both). A step logged twice is read by its last line (a
+    `val_key` (val_loss; RLHF's: val_reward), a train record `loss` (a record may be both). A step logged twice is read by its last line (a
     resumed run re-logs the steps after its checkpoint). A torn last line (kill -9 mid-write) is ignored; a
     malformed line elsewhere raises ValueError with the file and line number."""
     path = Path(path)
@@ -215,7 +215,7 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
             if i == len(lines):
                 continue  # torn by a kill mid-write
             raise ValueError(f"{path}:{i}: malformed metrics line: {e}") from None
-        for key, into in (("loss", train), ("val_loss", val)):
+        for key, into in (("loss", train), (val_key, val)):
             if key in rec:
                 step = rec.get("step")
                 if not isinstance(step, int) or isinstance(step, bool):

@@ -48,7 +48,14 @@ def test_each_row_is_the_cache_free_sampler_with_its_own_seed(model):
 
 
 def test_rows_stop_at_a_stop_id_and_keep_it(model):
-    rs = rollouts(model, PROMPTS, k=4, max_new_tokens=40, seeds=list(range(12)), stop_ids=list(range(0, model.config.vocab_size, 3)))
+    rs = rollouts(
+        model,
+        PROMPTS,
+        k=4,
+        max_new_tokens=40,
+        seeds=list(range(12)),
+        stop_ids=list(range(0, model.config.vocab_size, 3)),
+    )
     assert any(r.finished for r in rs)
     for r in rs:
         if r.finished:

@@ -1,0 +1,118 @@
+"""The RLHF recipe end to end on a tiny Gemma 3 with a toy verifier: the reward rises, the KL to the reference
+grows from 0, every metric the interface names is logged, merged/ loads; Ctrl-C then a rerun equals the
+uninterrupted run; the hacking watch flags a reward that rises while the judge falls; bad settings fail clearly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import INTERRUPT_AT_STEP_3, run_recipe, tiny_model, tiny_sentencepiece
+
+import opengemma
+from opengemma.recipes import rlhf
+from opengemma.tokenizer import Tokenizer
+from opengemma.train import checkpoint
+from opengemma.train.metrics import read_metrics
+from opengemma.weights.hf import save_hf_dir
+
+STEPS = 30
+VERIFIER = "tests.rl.toy_verifier:vowels"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rlhf")
+    save_hf_dir(
+        tiny_model("tiny-gemma3", std=0.05, vocab_size=400), root / "base", tokenizer=Tokenizer(tiny_sentencepiece())
+    )
+    words = ["tell me", "say", "write", "give me", "answer"]
+    recs = [{"prompt": f"{w} something {i}", "target": "a"} for i, w in enumerate(words * 4)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return root
+
+
+def args(setup, out, **over):
+    a = dict(model=setup / "base", prompts=setup / "prompts.jsonl", verifier=VERIFIER, judge=VERIFIER, out=out,
+             steps=STEPS, prompts_per_step=4, samples=4, max_new_tokens=8, lr=1e-2, kl_coef=0.05, eval_every=15,
+             judge_every=5, save_every=15, threads=1, dtype="float32", val_fraction=0.2)  # fmt: skip
+    a.update(over)
+    flag = lambda k, v: [f"--{'' if v else 'no-'}{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
+    return [x for k, v in a.items() for x in flag(k.replace("_", "-"), v)]
+
+
+@pytest.fixture(scope="module")
+def run(setup):
+    out = setup / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert rlhf.main(args(setup, out)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_reward_rises_kl_grows_and_the_metrics_and_outputs_are_there(setup, run):
+    train, evals = read_metrics(run / "metrics.jsonl", val_key="val_reward")
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1)) and [r["step"] for r in evals] == [0, 15, 30]
+    for key in ("step", "reward", "kl", "response_length", "entropy", "kl_k3", "truncated", "beta"):
+        assert all(key in r for r in train), key
+    rewards = [r["reward"] for r in train]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.1, rewards
+    assert train[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollouts come from the reference itself
+    assert train[-1]["kl"] > 0.05 and train[-1]["kl_k3"] > 0
+    assert [r["step"] for r in train if "judge" in r] == [5, 10, 15, 20, 25, 30]
+    assert evals[-1]["val_reward"] > evals[0]["val_reward"]
+    assert (run / "rl.png").read_bytes()[:4] == b"\x89PNG"
+    llm = opengemma.load(run / "merged")
+    assert llm.instruction_tuned
+    assert isinstance(llm.chat([{"role": "user", "content": "say something"}], max_new_tokens=4), str)
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted(setup, run, tmp_path):
+    out = tmp_path / "resumed"
+    short = dict(steps=8, eval_every=4, save_every=4, judge_every=2)
+    ref = tmp_path / "ref"
+    r = run_recipe("rlhf", args(setup, ref, **short))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_recipe("rlhf", args(setup, out, **short), patch=INTERRUPT_AT_STEP_3)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name for p in checkpoint.checkpoints(out)] == ["step_3"] and not (out / "merged").exists()
+    r = run_recipe("rlhf", args(setup, out, **short))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    key = lambda rs: [(x["step"], x["reward"], x["kl"], x["loss"], x.get("judge")) for x in rs]
+    assert key(read_metrics(out / "metrics.jsonl")[0]) == key(read_metrics(ref / "metrics.jsonl")[0])
+
+
+def test_lora_policy_with_a_reference_from_disabled_adapters(setup, tmp_path):
+    out = tmp_path / "lora"
+    threads = torch.get_num_threads()
+    try:
+        assert rlhf.main(args(setup, out, lora_rank=4, steps=6, eval_every=6, save_every=6, lr=3e-2)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    train, _ = read_metrics(out / "metrics.jsonl", val_key="val_reward")
+    assert train[0]["kl"] == pytest.approx(0.0, abs=1e-5) and train[-1]["kl"] > 0
+    assert (out / "adapter/adapter_config.json").is_file() and (out / "merged/config.json").is_file()
+
+
+def test_the_watch_flags_reward_up_judge_down():
+    rising_reward_falling_judge = [(0.1, 0.8), (0.2, 0.8), (0.3, 0.7), (0.5, 0.6), (0.6, 0.5), (0.7, 0.4)]
+    assert rlhf.hacking(rising_reward_falling_judge, window=3, tolerance=0.05)
+    both_rise = [(0.1, 0.1), (0.2, 0.2), (0.3, 0.3), (0.4, 0.4), (0.5, 0.5), (0.6, 0.6)]
+    assert not rlhf.hacking(both_rise, window=3, tolerance=0.05)
+    assert not rlhf.hacking(rising_reward_falling_judge[:5], window=3, tolerance=0.05)  # too few judged steps
+
+
+def test_bad_settings_and_records_fail_clearly(setup, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="one reward"):
+        rlhf.main(args(setup, tmp_path / "a", reward_model=setup / "base"))
+    with pytest.raises(SystemExit, match="samples must be >= 2"):
+        rlhf.main(args(setup, tmp_path / "b", samples=1))
+    with pytest.raises(ValueError, match="package.module:function"):
+        rlhf.main(args(setup, tmp_path / "c", verifier="nocolon"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
+    assert rlhf.main(args(setup, tmp_path / "d", prompts=bad)) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
