@@ -7,8 +7,8 @@ Records, in the shapes TRL's preference trainers take:
                                                                                 before the last assistant turn
 An optional numeric "margin" (TRL's RewardTrainer) is kept. A malformed line is an error naming the file and line.
 Both sides are rendered by `Tokenizer.encode_chat` over the whole conversation (so the reward model reads the
-answer after its prompt, in the chat format the policy writes) with the mask of the answer's tokens and its
-`<end_of_turn>` (what DPO's sequence log-probabilities sum over).
+answer after its prompt, in the chat format the policy writes) with the mask of the final answer's tokens and its
+`<end_of_turn>` (what DPO's sequence log-probabilities sum over; earlier assistant turns belong to the prompt).
 
 RLHF prompts: {"prompt": "..."} or {"messages": [...]} (the conversation so far, ending with a user turn), any
 other fields kept for the verifier.
@@ -82,6 +82,7 @@ def encode_pairs(records: list[dict], tokenizer, seq_len: int, source: str = "da
                 ids, mask = tokenizer.encode_chat(messages, add_generation_prompt=False)
             except ValueError as e:
                 raise DataError(f"{where}: {e}") from None
+            mask = last_answer(mask)
             if len(ids) > seq_len:
                 ids, mask, truncated = ids[:seq_len], mask[:seq_len], truncated + 1
             sides.append((np.asarray(ids, np.int64), np.asarray(mask, np.int8)))
@@ -91,6 +92,23 @@ def encode_pairs(records: list[dict], tokenizer, seq_len: int, source: str = "da
         (c, cm), (rj, rm) = sides
         out.append(Pair(c, rj, cm, rm, float(r.get("margin", 0.0))))
     return out, {"pairs": len(out), "truncated": truncated, "dropped": dropped}
+
+
+def last_answer(mask: list[int]) -> list[int]:
+    """The mask of the last contiguous run of learned tokens only (the final answer and its <end_of_turn>)."""
+    end = len(mask)
+    while end and not mask[end - 1]:
+        end -= 1
+    start = end
+    while start and mask[start - 1]:
+        start -= 1
+    return [0] * start + mask[start:end] + [0] * (len(mask) - end)
+
+
+def answer_span(mask: np.ndarray) -> tuple[int, int]:
+    """(first, end) positions of a side's answer tokens."""
+    idx = np.flatnonzero(mask)
+    return int(idx[0]), int(idx[-1]) + 1
 
 
 def collate(pairs: list[Pair], pad_id: int) -> dict[str, np.ndarray]:
