@@ -76,6 +76,7 @@ print(counts)
 """
 
 
+@pytest.mark.slow  # ~2 min on 2 cores (six 512-token prefills of the real model in a child process)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux)")
 def test_repeated_prefills_reuse_memory_instead_of_faulting_in_new_pages():
     """With glibc's defaults, each 512-token prefill of the default model faulted in 20-300 MB of fresh zeroed

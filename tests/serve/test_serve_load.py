@@ -46,6 +46,7 @@ def burst(client, prompts, max_tokens):
     return got
 
 
+@pytest.mark.slow  # ~3 min on 2 cores; test_serve.py's concurrent streams stay in the default tier
 def test_32_concurrent_streams_equal_alone_with_bounded_memory():
     import opengemma
     from opengemma.serve.app import create_app
