@@ -158,7 +158,11 @@ def train(s: dict, stop: dict) -> int:
                 p.data = p.data.to(dtype)
     optimizer = build_optimizer(model, lr=lr, weight_decay=s["weight_decay"])
     base_source = str(Path(s["model"]).resolve()) if Path(s["model"]).exists() else s["model"]
-    run_meta = {"config": cfg.to_dict(), "base": base_source, "lora": lora and vars(lora) | {"targets": list(lora.targets)}}
+    run_meta = {
+        "config": cfg.to_dict(),
+        "base": base_source,
+        "lora": lora and vars(lora) | {"targets": list(lora.targets)},
+    }
     start = 0
     resume = checkpoint.latest(out)
     if resume is not None:
@@ -184,7 +188,7 @@ def train(s: dict, stop: dict) -> int:
             rows = torch.arange(y.shape[0], device=y.device)[:, None].expand_as(y)[learned]
             return torch.zeros(y.shape[0], device=y.device, dtype=lp.dtype).index_add(0, rows, lp)
 
-        with (torch.enable_grad() if grad else torch.no_grad()), dist.autocast(d, dtype):
+        with torch.enable_grad() if grad else torch.no_grad(), dist.autocast(d, dtype):
             return model(x, head=head), learned.sum(1).float()
 
     def losses(batch, ref_rows: np.ndarray, grad: bool):
