@@ -36,7 +36,6 @@ One process: the rollouts run on the whole model.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import sys
 import time
@@ -50,12 +49,13 @@ from opengemma.data import preference
 from opengemma.data.sft import DataError, split_holdout
 from opengemma.lora import LoRAConfig, adapters_disabled, apply_lora
 from opengemma.rl import losses as L
+from opengemma.rl.judge import hacking, load_callable
 from opengemma.rl.reward import load_reward_model, rewards
 from opengemma.rl.rollout import rollouts
 from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint, dist
 from opengemma.train.loss import token_logprobs
-from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss, read_metrics
+from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss, plot_rl, read_metrics
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
 from opengemma.train.settings import run_recipe
 
@@ -108,20 +108,6 @@ SETTINGS = {
 
 def main(argv=None) -> int:
     return run_recipe(train, SETTINGS, argv, __doc__, "rlhf", input_errors=(DataError, FileNotFoundError))
-
-
-def load_callable(spec: str, what: str):
-    """'package.module:function' -> the function (imported from the Python path: the user's own code)."""
-    mod, sep, name = spec.partition(":")
-    if not sep or not mod or not name:
-        raise ValueError(f"{what} must be package.module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(mod), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{what} {spec!r}: {e}") from None
-    if not callable(fn):
-        raise ValueError(f"{what} {spec!r} is not callable")
-    return fn
 
 
 def row_seed(seed: int, step: int, prompt: int, sample: int) -> int:
@@ -393,46 +379,6 @@ def _reward_model(path, device, dtype):
     if not path:
         return None
     return load_reward_model(path, dtype=dtype, device=device).eval().requires_grad_(False)
-
-
-def hacking(judged: list[tuple[float, float]], window: int, tolerance: float) -> bool:
-    """The last `window` judged steps against the `window` before: mean reward up and mean judge down by more
-    than `tolerance`."""
-    if len(judged) < 2 * window:
-        return False
-    recent, before = np.array(judged[-window:]), np.array(judged[-2 * window : -window])
-    return bool(recent[:, 0].mean() > before[:, 0].mean() and recent[:, 1].mean() < before[:, 1].mean() - tolerance)
-
-
-def plot_rl(out: Path) -> Path | None:
-    """rl.png: reward (and the judge) and the KL per step."""
-    from matplotlib.figure import Figure
-
-    if not (out / "metrics.jsonl").exists():
-        return None
-    train, evals = read_metrics(out / "metrics.jsonl", val_key="val_reward")
-    if not train:
-        return None
-    fig = Figure(figsize=(10, 3.6), dpi=110, layout="constrained")
-    a, b = fig.subplots(1, 2)
-    a.plot([r["step"] for r in train], [r["reward"] for r in train], label="reward (train rollouts)")
-    j = [r for r in train if "judge" in r]
-    if j:
-        a.plot([r["step"] for r in j], [r["judge"] for r in j], "o-", label="judge (same rollouts)")
-    v = [r for r in evals if "val_judge" in r]
-    if v:
-        a.plot([r["step"] for r in v], [r["val_judge"] for r in v], "s--", label="judge (held-out, greedy)")
-    a.set_xlabel("step")
-    a.set_title("reward")
-    a.legend(fontsize=8)
-    b.plot([r["step"] for r in train], [r["kl"] for r in train], label="KL to the reference (k1, per answer)")
-    b.plot([r["step"] for r in train], [r["beta"] for r in train], label="beta")
-    b.set_xlabel("step")
-    b.set_title("KL")
-    b.legend(fontsize=8)
-    path = out / "rl.png"
-    fig.savefig(path)
-    return path
 
 
 if __name__ == "__main__":

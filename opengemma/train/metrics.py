@@ -332,3 +332,35 @@ def peak_memory_gib(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def plot_rl(out: str | Path) -> Path | None:
+    """rl.png: an RLHF run's reward (and the judge's scores) and its KL to the reference per step."""
+    out = Path(out)
+    from matplotlib.figure import Figure
+
+    if not (out / "metrics.jsonl").exists():
+        return None
+    train, evals = read_metrics(out / "metrics.jsonl", val_key="val_reward")
+    if not train:
+        return None
+    fig = Figure(figsize=(10, 3.6), dpi=110, layout="constrained")
+    a, b = fig.subplots(1, 2)
+    a.plot([r["step"] for r in train], [r["reward"] for r in train], label="reward (train rollouts)")
+    j = [r for r in train if "judge" in r]
+    if j:
+        a.plot([r["step"] for r in j], [r["judge"] for r in j], "o-", label="judge (same rollouts)")
+    v = [r for r in evals if "val_judge" in r]
+    if v:
+        a.plot([r["step"] for r in v], [r["val_judge"] for r in v], "s--", label="judge (held-out, greedy)")
+    a.set_xlabel("step")
+    a.set_title("reward")
+    a.legend(fontsize=8)
+    b.plot([r["step"] for r in train], [r["kl"] for r in train], label="KL to the reference (k1, per answer)")
+    b.plot([r["step"] for r in train], [r["beta"] for r in train], label="beta")
+    b.set_xlabel("step")
+    b.set_title("KL")
+    b.legend(fontsize=8)
+    path = out / "rl.png"
+    fig.savefig(path)
+    return path

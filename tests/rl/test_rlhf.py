@@ -11,6 +11,7 @@ from helpers import INTERRUPT_AT_STEP_3, run_recipe, tiny_model, tiny_sentencepi
 
 import opengemma
 from opengemma.recipes import rlhf
+from opengemma.rl.judge import hacking
 from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint
 from opengemma.train.metrics import read_metrics
@@ -99,10 +100,10 @@ def test_lora_policy_with_a_reference_from_disabled_adapters(setup, tmp_path):
 
 def test_the_watch_flags_reward_up_judge_down():
     rising_reward_falling_judge = [(0.1, 0.8), (0.2, 0.8), (0.3, 0.7), (0.5, 0.6), (0.6, 0.5), (0.7, 0.4)]
-    assert rlhf.hacking(rising_reward_falling_judge, window=3, tolerance=0.05)
+    assert hacking(rising_reward_falling_judge, window=3, tolerance=0.05)
     both_rise = [(0.1, 0.1), (0.2, 0.2), (0.3, 0.3), (0.4, 0.4), (0.5, 0.5), (0.6, 0.6)]
-    assert not rlhf.hacking(both_rise, window=3, tolerance=0.05)
-    assert not rlhf.hacking(rising_reward_falling_judge[:5], window=3, tolerance=0.05)  # too few judged steps
+    assert not hacking(both_rise, window=3, tolerance=0.05)
+    assert not hacking(rising_reward_falling_judge[:5], window=3, tolerance=0.05)  # too few judged steps
 
 
 def test_bad_settings_and_records_fail_clearly(setup, tmp_path, capsys):
