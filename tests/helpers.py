@@ -259,3 +259,12 @@ INTERRUPT_AT_STEP_3 = """
             os.kill(os.getpid(), signal.SIGINT)
     metrics.MetricsLog.log = once
 """
+
+
+def flags(settings: dict) -> list[str]:
+    """A recipe's command line from settings: `--batch-size 8`; booleans as `--export` / `--no-export`."""
+    out = []
+    for k, v in settings.items():
+        k = k.replace("_", "-")
+        out += [f"--{'' if v else 'no-'}{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
+    return out

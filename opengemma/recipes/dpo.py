@@ -37,7 +37,7 @@ from opengemma.train import checkpoint, dist
 from opengemma.train.loss import token_logprobs
 from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import run_recipe
+from opengemma.train.settings import lora_settings, optim_settings, run_recipe, run_settings
 
 SETTINGS = {
     "model": ("gemma-3-270m", str, "the starting policy (the SFT model): a name, a HF directory, a checkpoint"),
@@ -55,25 +55,11 @@ SETTINGS = {
     "beta": (0.1, float, "DPO's beta (the paper's and TRL's 0.1); IPO's tau with loss_type ipo"),
     "loss_type": ("sigmoid", str, "sigmoid (DPO) | ipo"),
     "label_smoothing": (0.0, float, "conservative DPO's assumed label noise (sigmoid only)"),
-    "lr": (None, float, "peak learning rate (default 1e-6, TRL's and the DPO paper's; 1e-5 with LoRA)"),
-    "min_lr_ratio": (0.0, float, "the schedule's floor, as a fraction of lr"),
-    "schedule": ("cosine", str, "cosine | wsd | constant, after linear warmup"),
-    "warmup": (10, int, "warmup steps"),
-    "weight_decay": (0.0, float, "AdamW decay on matrices"),
-    "grad_clip": (1.0, float, "global gradient-norm clip (0: off)"),
-    "lora_rank": (0, int, "LoRA rank (0: every weight trains)"),
-    "lora_alpha": (None, float, "LoRA alpha (default 2 x rank)"),
-    "lora_targets": ("all", str, "projections or groups (attention, mlp, all)"),
-    "save_every": (200, int, "steps between checkpoints"),
-    "keep": (2, int, "checkpoints kept"),
-    "eval_every": (50, int, "steps between held-out evaluations"),
-    "seed": (0, int, "data order, held-out split and adapter init"),
-    "dtype": ("auto", str, "float32 | bfloat16 | auto (bf16 where native) compute; trained weights stay fp32"),
-    "compile": (False, bool, "torch.compile each block"),
-    "activation_checkpointing": (False, bool, "recompute each block in backward"),
-    "device": (None, str, "cpu | cuda (default: cuda when available)"),
-    "threads": (0, int, "torch CPU threads per process (0: torch's default)"),
-    "export": (True, bool, "write merged/ (and adapter/) at the end"),
+    **optim_settings(None, "peak learning rate (default 1e-6, TRL's and the DPO paper's; 1e-5 with LoRA)"),
+    **lora_settings(),
+    **run_settings(
+        seed_help="data order, held-out split and adapter init", export_help="write merged/ (and adapter/) at the end"
+    ),
 }
 
 

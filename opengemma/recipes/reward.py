@@ -34,7 +34,7 @@ from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint, dist
 from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import run_recipe
+from opengemma.train.settings import optim_settings, run_recipe, run_settings
 
 SETTINGS = {
     "model": ("gemma-3-270m", str, "the starting model (usually the SFT model): a name, a HF directory, a checkpoint"),
@@ -48,23 +48,9 @@ SETTINGS = {
     "batch_size": (8, int, "pairs per optimizer step, over all ranks and micro-batches"),
     "grad_accum": (1, int, "micro-batches per optimizer step"),
     "seq_len": (512, int, "tokens per side (longer ones are cut)"),
-    "lr": (1e-5, float, "peak learning rate (InstructGPT's 6B reward model: 9e-6)"),
-    "min_lr_ratio": (0.0, float, "the schedule's floor, as a fraction of lr"),
-    "schedule": ("cosine", str, "cosine | wsd | constant, after linear warmup"),
-    "warmup": (10, int, "warmup steps"),
-    "weight_decay": (0.0, float, "AdamW decay on matrices"),
-    "grad_clip": (1.0, float, "global gradient-norm clip (0: off)"),
+    **optim_settings(1e-5, "peak learning rate (InstructGPT's 6B reward model: 9e-6)"),
     "center_rewards": (0.0, float, "coefficient of mean((r_chosen + r_rejected)^2), keeping rewards centred"),
-    "save_every": (200, int, "steps between checkpoints"),
-    "keep": (2, int, "checkpoints kept"),
-    "eval_every": (50, int, "steps between held-out evaluations"),
-    "seed": (0, int, "data order, held-out split and the head's init"),
-    "dtype": ("auto", str, "float32 | bfloat16 | auto (bf16 where native) compute; weights stay fp32"),
-    "compile": (False, bool, "torch.compile each block"),
-    "activation_checkpointing": (False, bool, "recompute each block in backward"),
-    "device": (None, str, "cpu | cuda (default: cuda when available)"),
-    "threads": (0, int, "torch CPU threads per process (0: torch's default)"),
-    "export": (True, bool, "write model/ at the end"),
+    **run_settings(seed_help="data order, held-out split and the head's init", export_help="write model/ at the end"),
 }
 
 

@@ -57,7 +57,7 @@ from opengemma.train import checkpoint, dist
 from opengemma.train.loss import token_logprobs
 from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss, plot_rl, read_metrics
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import run_recipe
+from opengemma.train.settings import lora_settings, optim_settings, run_recipe, run_settings
 
 SETTINGS = {
     "model": ("gemma-3-270m", str, "the starting policy (the SFT model): a name, a HF directory, a checkpoint"),
@@ -76,33 +76,30 @@ SETTINGS = {
     "max_new_tokens": (128, int, "answer length cap"),
     "temperature": (1.0, float, "sampling temperature (1: the policy itself, as the policy gradient assumes)"),
     "grad_accum": (1, int, "micro-batches the step's answers are split into for the backward"),
-    "lr": (None, float, "learning rate (default 1e-6, TRL's; 1e-5 with LoRA, whose rates run ~10x full ones)"),
-    "schedule": ("constant", str, "constant | cosine | wsd, after linear warmup"),
-    "min_lr_ratio": (0.0, float, "the schedule's floor, as a fraction of lr"),
-    "warmup": (0, int, "warmup steps"),
-    "weight_decay": (0.0, float, "AdamW decay on matrices"),
-    "grad_clip": (1.0, float, "global gradient-norm clip (0: off)"),
+    **optim_settings(
+        None,
+        "learning rate (default 1e-6, TRL's; 1e-5 with LoRA, whose rates run ~10x full ones)",
+        schedule="constant",
+        warmup=0,
+    ),
     "kl_coef": (0.05, float, "beta: the KL penalty's weight (TRL's RLOO default 0.05)"),
     "kl_target": (None, float, "adapt beta towards this KL per answer, nats (Ziegler et al. 2019); none: fixed"),
     "kl_horizon": (10000, int, "the adaptive controller's horizon, in answers (Ziegler et al.'s 10,000)"),
     "reward_norm": ("none", str, "none | whiten: rewards standardized over each step before the KL penalty"),
     "unfinished_reward": (None, float, "the reward of an answer cut at max_new_tokens (none: scored as is)"),
-    "lora_rank": (0, int, "LoRA rank (0: every weight trains)"),
-    "lora_alpha": (None, float, "LoRA alpha (default 2 x rank)"),
-    "lora_targets": ("all", str, "projections or groups (attention, mlp, all)"),
+    **lora_settings(),
     "judge_every": (5, int, "steps between judge scores of the step's rollouts"),
     "watch_window": (3, int, "judged steps compared against the ones before them"),
     "watch_tolerance": (0.05, float, "the judge's drop that, with the reward rising, flags hacking"),
     "stop_on_hacking": (False, bool, "end the run (saved) at a flagged step"),
-    "eval_every": (10, int, "steps between held-out evaluations"),
-    "save_every": (50, int, "steps between checkpoints"),
-    "keep": (2, int, "checkpoints kept"),
-    "seed": (0, int, "prompt order, rollouts, held-out split, adapter init"),
-    "dtype": ("auto", str, "float32 | bfloat16 | auto (bf16 where native) compute"),
+    **run_settings(
+        save_every=50,
+        eval_every=10,
+        seed_help="prompt order, rollouts, held-out split, adapter init",
+        blocks=False,
+        export_help="write merged/ (and adapter/) at the end",
+    ),
     "compile": (False, bool, "compile the rollouts' decode step (follows in-place updates; worth it on GPU)"),
-    "device": (None, str, "cpu | cuda (default: cuda when available)"),
-    "threads": (0, int, "torch CPU threads (0: torch's default)"),
-    "export": (True, bool, "write merged/ (and adapter/) at the end"),
 }
 
 

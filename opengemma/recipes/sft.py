@@ -42,7 +42,7 @@ from opengemma.train.metrics import (
     plot_loss,
 )
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import run_recipe
+from opengemma.train.settings import lora_settings, optim_settings, run_recipe, run_settings
 
 SETTINGS = {
     "model": (
@@ -60,29 +60,20 @@ SETTINGS = {
     "batch_size": (8, int, "packed rows per optimizer step, over all ranks and micro-batches"),
     "seq_len": (1024, int, "tokens per packed row (longer conversations are cut)"),
     "grad_accum": (1, int, "micro-batches per optimizer step"),
-    "lr": (None, float, "peak learning rate (default 2e-4 with LoRA, QLoRA's; 2e-5 for full fine-tuning)"),
-    "min_lr_ratio": (0.0, float, "the schedule's floor, as a fraction of lr"),
-    "schedule": ("cosine", str, "cosine | wsd | constant, after linear warmup"),
-    "warmup": (10, int, "warmup steps"),
-    "weight_decay": (0.0, float, "AdamW decay on matrices (TRL's and PEFT's default: 0)"),
-    "grad_clip": (1.0, float, "global gradient-norm clip (0: off)"),
-    "lora_rank": (0, int, "LoRA rank (0: full fine-tuning)"),
-    "lora_alpha": (None, float, "LoRA alpha (default 2 x rank)"),
-    "lora_dropout": (0.0, float, "dropout on the adapters' input"),
-    "lora_targets": ("all", str, "projections (q_proj,...,down_proj) or groups (attention, mlp, all)"),
+    **optim_settings(
+        None,
+        "peak learning rate (default 2e-4 with LoRA, QLoRA's; 2e-5 for full fine-tuning)",
+        weight_decay_help="AdamW decay on matrices (TRL's and PEFT's default: 0)",
+    ),
+    **lora_settings(dropout=True),
     "quantize": ("none", str, "none | int8 | int4: QLoRA, the frozen base weight-only quantized (needs lora_rank)"),
-    "save_every": (200, int, "steps between checkpoints"),
-    "keep": (2, int, "checkpoints kept"),
-    "eval_every": (50, int, "steps between validation losses and samples"),
     "samples": (3, int, "held-out prompts answered at each eval (one process only)"),
     "sample_tokens": (64, int, "new tokens per sample"),
-    "seed": (0, int, "data order, held-out split and adapter init"),
-    "dtype": ("auto", str, "float32 | bfloat16 | auto (bf16 where native) compute; trained weights stay fp32"),
-    "compile": (False, bool, "torch.compile each block"),
-    "activation_checkpointing": (False, bool, "recompute each block in backward"),
-    "device": (None, str, "cpu | cuda (default: cuda when available)"),
-    "threads": (0, int, "torch CPU threads per process (0: torch's default)"),
-    "export": (True, bool, "write adapter/ and merged/ at the end"),
+    **run_settings(
+        eval_help="steps between validation losses and samples",
+        seed_help="data order, held-out split and adapter init",
+        export_help="write adapter/ and merged/ at the end",
+    ),
 }
 
 

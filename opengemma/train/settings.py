@@ -89,3 +89,69 @@ def run_recipe(train, defaults: dict[str, tuple], argv: list[str] | None, doc: s
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# -- the settings every training recipe shares, with its own defaults ------------------------------------------
+def optim_settings(
+    lr: float | None,
+    lr_help: str,
+    *,
+    min_lr_ratio: float = 0.0,
+    schedule: str = "cosine",
+    warmup: int = 10,
+    weight_decay: float = 0.0,
+    weight_decay_help: str = "AdamW decay on matrices",
+) -> dict[str, tuple]:
+    """The optimizer and schedule settings (train/optim.py's AdamW and lr_at)."""
+    return {
+        "lr": (lr, float, lr_help),
+        "min_lr_ratio": (min_lr_ratio, float, "the schedule's floor, as a fraction of lr"),
+        "schedule": (schedule, str, "cosine | wsd | constant, after linear warmup"),
+        "warmup": (warmup, int, "warmup steps"),
+        "weight_decay": (weight_decay, float, weight_decay_help),
+        "grad_clip": (1.0, float, "global gradient-norm clip (0: off)"),
+    }
+
+
+def lora_settings(dropout: bool = False) -> dict[str, tuple]:
+    """LoRA's settings (lora.py); rank 0 trains every weight."""
+    out = {
+        "lora_rank": (0, int, "LoRA rank (0: every weight trains)"),
+        "lora_alpha": (None, float, "LoRA alpha (default 2 x rank)"),
+        "lora_dropout": (0.0, float, "dropout on the adapters' input"),
+        "lora_targets": ("all", str, "projections (q_proj,...,down_proj) or groups (attention, mlp, all)"),
+    }
+    if not dropout:
+        del out["lora_dropout"]
+    return out
+
+
+def run_settings(
+    *,
+    save_every: int = 200,
+    keep: int = 2,
+    eval_every: int = 50,
+    eval_help: str = "steps between held-out evaluations",
+    seed_help: str = "data order, held-out split and the initialization of what is new",
+    blocks: bool = True,
+    export_help: str | None = "write the tuned model at the end",
+) -> dict[str, tuple]:
+    """Checkpoints, evaluation, seed, precision, device; `blocks`: torch.compile / activation checkpointing per
+    block; export_help None: no export setting."""
+    out = {
+        "save_every": (save_every, int, "steps between checkpoints"),
+        "keep": (keep, int, "checkpoints kept"),
+        "eval_every": (eval_every, int, eval_help),
+        "seed": (0, int, seed_help),
+        "dtype": ("auto", str, "float32 | bfloat16 | auto (bf16 where native) compute; trained weights stay fp32"),
+        "compile": (False, bool, "torch.compile each block"),
+        "activation_checkpointing": (False, bool, "recompute each block in backward"),
+        "device": (None, str, "cpu | cuda (default: cuda when available)"),
+        "threads": (0, int, "torch CPU threads per process (0: torch's default)"),
+        "export": (True, bool, export_help),
+    }
+    if not blocks:
+        del out["compile"], out["activation_checkpointing"]
+    if export_help is None:
+        del out["export"]
+    return out

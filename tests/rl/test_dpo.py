@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import INTERRUPT_AT_STEP_3, run_recipe, tiny_model, tiny_sentencepiece
+from helpers import INTERRUPT_AT_STEP_3, flags, run_recipe, tiny_model, tiny_sentencepiece
 
 import opengemma
 from opengemma.recipes import dpo
@@ -46,9 +46,7 @@ def args(setup, out, **over):
     a = dict(model=setup / "base", data=setup / "pairs.jsonl", val_data=setup / "val.jsonl", out=out, steps=STEPS,
              batch_size=8, grad_accum=2, seq_len=48, lr=3e-3, beta=0.5, warmup=2, schedule="constant",
              save_every=12, eval_every=12, threads=1, dtype="float32")  # fmt: skip
-    a.update(over)
-    flag = lambda k, v: [f"--{'' if v else 'no-'}{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
-    return [x for k, v in a.items() for x in flag(k.replace("_", "-"), v)]
+    return flags({**a, **over})
 
 
 @pytest.fixture(scope="module")

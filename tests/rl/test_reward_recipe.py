@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import INTERRUPT_AT_STEP_3, run_recipe, tiny_model, tiny_sentencepiece
+from helpers import INTERRUPT_AT_STEP_3, flags, run_recipe, tiny_model, tiny_sentencepiece
 
 from opengemma.data import preference
 from opengemma.recipes import reward
@@ -48,9 +48,7 @@ def args(setup, out, **over):
     a = dict(model=setup / "base", data=setup / "pairs.jsonl", val_data=setup / "val.jsonl", out=out, steps=STEPS,
              batch_size=8, grad_accum=2, seq_len=32, lr=1e-2, warmup=2, schedule="constant", save_every=24,
              eval_every=24, threads=1, dtype="float32")  # fmt: skip
-    a.update(over)
-    flag = lambda k, v: [f"--{'' if v else 'no-'}{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
-    return [x for k, v in a.items() for x in flag(k.replace("_", "-"), v)]
+    return flags({**a, **over})
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import INTERRUPT_AT_STEP_3, run_recipe, tiny_model, tiny_sentencepiece
+from helpers import INTERRUPT_AT_STEP_3, flags, run_recipe, tiny_model, tiny_sentencepiece
 
 import opengemma
 from opengemma.recipes import rlhf
@@ -37,9 +37,7 @@ def args(setup, out, **over):
     a = dict(model=setup / "base", prompts=setup / "prompts.jsonl", verifier=VERIFIER, judge=VERIFIER, out=out,
              steps=STEPS, prompts_per_step=4, samples=4, max_new_tokens=8, lr=1e-2, kl_coef=0.05, eval_every=15,
              judge_every=5, save_every=15, threads=1, dtype="float32", val_fraction=0.2)  # fmt: skip
-    a.update(over)
-    flag = lambda k, v: [f"--{'' if v else 'no-'}{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
-    return [x for k, v in a.items() for x in flag(k.replace("_", "-"), v)]
+    return flags({**a, **over})
 
 
 @pytest.fixture(scope="module")
