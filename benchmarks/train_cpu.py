@@ -6,6 +6,7 @@ transformers' Gemma3ForCausalLM on the same weights with the same optimizer, mea
                                    [--ac] [--compile] [--hf-attn sdpa|eager] [--profile]
     python benchmarks/train_cpu.py --model tiny-gemma3 --batch 2 --seq 64 --steps 2 --ac --compile  # dry run
     python benchmarks/train_cpu.py --sft [...]   # supervised fine-tuning against TRL + peft: benchmarks/sft_cpu.py
+    python benchmarks/train_cpu.py --rl [...]    # reward model, DPO, RLHF against TRL + peft: benchmarks/rl_cpu.py
 
 One step = forward + loss + backward + AdamW step + zero_grad, on one fixed (B, T) batch of random token ids.
 opengemma: `model(x, hidden=True)` then train.loss.chunked_cross_entropy through the tied output matrix (the
@@ -228,8 +229,14 @@ def main() -> None:
         from sft_cpu import main as sft_main
 
         return sft_main([a for a in sys.argv[1:] if a != "--sft"])
+    if "--rl" in sys.argv[1:]:  # its own flags: dispatched before this parser sees them
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from rl_cpu import main as rl_main
+
+        return rl_main([a for a in sys.argv[1:] if a != "--rl"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sft", action="store_true", help="benchmark SFT against TRL instead (sft_cpu.py; --sft -h)")
+    ap.add_argument("--rl", action="store_true", help="benchmark reward / DPO / RLHF against TRL (rl_cpu.py; --rl -h)")
     ap.add_argument("--model", default="gemma-3-270m", help="a real model (its weights) or a preset (random init)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)

@@ -265,7 +265,8 @@ def generate(
     temps = [temperature] * B if isinstance(temperature, (int, float)) else list(temperature)
     ks = [top_k] * B if isinstance(top_k, int) else list(top_k)
     greedy = all(t <= 0 for t in temps)
-    max_k = max(ks) if all(k > 0 for k in ks) else None
+    tps = [top_p] * B if isinstance(top_p, (int, float)) else list(top_p)
+    max_k = max(ks) if all(k > 0 for k in ks) else 0 if all(k == 0 for k in ks) and min(tps) >= 1 else None
     temp = as_row_tensor(temps, B, torch.float32, device)
     tk = as_row_tensor(ks, B, torch.long, device)
     tp = as_row_tensor(top_p, B, torch.float32, device)

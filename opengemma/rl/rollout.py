@@ -66,7 +66,7 @@ def rollouts(
     tk = as_row_tensor(top_k, B, torch.long, device)
     tp = as_row_tensor(top_p, B, torch.float32, device)
     greedy = temperature <= 0
-    max_k = top_k if top_k > 0 else None
+    max_k = top_k if top_k > 0 else 0 if top_p >= 1 else None  # 0: no filtering, no sort (engine/sampling.py)
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
     def draw() -> torch.Tensor:  # one uniform per row, each from its own generator

@@ -45,6 +45,23 @@ def test_sampling_matches_the_distribution(max_k):
     assert set(draws.tolist()) == {0, 1}
 
 
+def test_unfiltered_sampling_skips_the_sort_and_matches_the_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -9.0]])
+    n = 20000
+    draws = sample(logits.expand(n, 5), rows(n, 0.7), rows(n, 0, torch.long), rows(n, 1.0), uniform(n, 1), max_k=0)
+    freq = torch.bincount(draws, minlength=5).float() / n
+    assert (freq - (logits[0] / 0.7).softmax(-1)).abs().max() < 0.015
+    # greedy rows stay greedy; the inverse CDF runs in vocabulary order: u just under a boundary picks its token
+    mixed = sample(logits.expand(2, 5), torch.tensor([0.0, 1.0]), rows(2, 0, torch.long), rows(2, 1.0),
+                   torch.tensor([0.9, 0.0]), max_k=0)  # fmt: skip
+    assert mixed.tolist() == [0, 0]
+    big = torch.randn(3, 262144)
+    u = uniform(3, 5)
+    cdf = big.softmax(-1).cumsum(-1)
+    expect = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1)
+    assert torch.equal(sample(big, rows(3, 1.0), rows(3, 0, torch.long), rows(3, 1.0), u, max_k=0), expect)
+
+
 def test_mixed_rows_in_one_batch():
     logits = torch.randn(3, 50)
     out = sample(

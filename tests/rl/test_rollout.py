@@ -27,7 +27,7 @@ def reference(model, prompt, n, seed, stop=()):
         for _ in range(n):
             logits = model(torch.tensor([prompt + out]))[:, -1]
             u = torch.rand(1, generator=g)
-            t = int(sample(logits, one(1.0, torch.float32), one(0, torch.long), one(1.0, torch.float32), u)[0])
+            t = int(sample(logits, one(1.0, torch.float32), one(0, torch.long), one(1.0, torch.float32), u, max_k=0)[0])
             out.append(t)
             if t in stop:
                 break
