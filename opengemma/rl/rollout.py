@@ -83,15 +83,23 @@ def rollouts(
         step_fn = compiled_decode_step(model) if compile else decode_step
         tok = sample(logits, temp, tk, tp, draw(), max_k)  # (B,)
         pos = torch.tensor([longest], device=device)
-        done = [False] * B
+        live = list(range(B))  # the rollout of each cache row still decoding
         for step in range(max_new_tokens):
-            for b, t in enumerate(tok.tolist()):
-                if not done[b]:
-                    out[b].tokens.append(t)
-                    if t in stop:
-                        out[b].finished = done[b] = True
-            if all(done) or step == max_new_tokens - 1:
+            keep = []
+            for i, (b, t) in enumerate(zip(live, tok.tolist())):
+                out[b].tokens.append(t)
+                if t in stop:
+                    out[b].finished = True
+                else:
+                    keep.append(i)
+            if not keep or step == max_new_tokens - 1:
                 break
+            if len(keep) < len(live):  # drop finished rows: the 262k-wide output layer costs per row, and the
+                # long tail of a batch is a few rows (each row's generator is its own, so samples do not change)
+                rows = torch.tensor(keep, device=device)
+                model.select_cache_rows(rows)
+                tok, pad, temp, tk, tp = (x.index_select(0, rows) for x in (tok, pad, temp, tk, tp))
+                live, gens = [live[i] for i in keep], [gens[i] for i in keep]
             tok = step_fn(model, tok, pos, pad, temp, tk, tp, draw(), greedy, max_k).clone()
             pos = pos + 1
     finally:

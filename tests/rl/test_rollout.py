@@ -56,8 +56,11 @@ def test_rows_stop_at_a_stop_id_and_keep_it(model):
         seeds=list(range(12)),
         stop_ids=list(range(0, model.config.vocab_size, 3)),
     )
-    assert any(r.finished for r in rs)
-    for r in rs:
+    assert any(r.finished for r in rs) and not all(r.finished for r in rs)
+    assert len({len(r.tokens) for r in rs}) > 2  # rows stop at different steps: finished rows leave the batch
+    stop = set(range(0, model.config.vocab_size, 3))
+    for r, s in zip(rs, range(12)):  # and the rows still decoding are unchanged by that
+        assert r.tokens == reference(model, PROMPTS[r.prompt], 40, s, stop)
         if r.finished:
             assert r.tokens[-1] % 3 == 0 and all(t % 3 for t in r.tokens[:-1])
         else:
