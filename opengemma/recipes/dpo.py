@@ -6,12 +6,15 @@
 `data`: preference pairs (data/preference.py, as the reward recipe takes them). The loss (rl/losses.py):
     h = (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)),   L = -log sigmoid(beta h)
 (`loss_type ipo`: (h - 1/(2 beta))^2 on per-token mean log-probabilities; `label_smoothing`: conservative DPO),
-log-probabilities summed over the final answer's tokens and its <end_of_turn>. The reference is the starting model
+log-probabilities summed over the final answer's tokens and its <end_of_turn>. `rpo_alpha` > 0 adds
+alpha * NLL(y_w), the chosen answers' mean per-token negative log-likelihood (RPO: Pang et al. 2024, "Iterative
+Reasoning Preference Optimization", where DPO alone lowered both sides' likelihood and hurt GSM8K accuracy). The reference is the starting model
 (`ref_model` to name another); its log-probabilities are computed once, before training, without gradients,
 through the engine's exact scoring (engine/score.py), and kept in the run directory (ref_logps.npz), so neither a
 second model in memory nor a second forward per step is needed. Full fine-tuning or LoRA.
 Logged: loss, accuracy (the implicit reward of the chosen answer above the rejected one's), margin, the mean
-implicit rewards beta (log pi - log ref) of each side; val_* the same on held-out pairs at each eval.
+implicit rewards beta (log pi - log ref) of each side, nll (the chosen answers' per-token NLL); val_* the same on
+held-out pairs at each eval.
 
 The run directory: metrics.jsonl, loss.png, checkpoints/step_N/, ref_logps.npz, and at the end merged/ (and adapter/
 for LoRA runs), which `opengemma.load`, `chat`, `serve` and `eval` read. Reruns resume exactly; Ctrl-C saves.
@@ -55,6 +58,8 @@ SETTINGS = {
     "beta": (0.1, float, "DPO's beta (the paper's and TRL's 0.1); IPO's tau with loss_type ipo"),
     "loss_type": ("sigmoid", str, "sigmoid (DPO) | ipo"),
     "label_smoothing": (0.0, float, "conservative DPO's assumed label noise (sigmoid only)"),
+    "rpo_alpha": (0.0, float, "weight of the chosen answers' per-token NLL added to the loss (RPO, Pang et al. "
+                  "2024: 1.0; TRL's rpo_alpha); keeps DPO from lowering the chosen answers on reasoning tasks"),
     **optim_settings(None, "peak learning rate (default 1e-6, TRL's and the DPO paper's; 1e-5 with LoRA)"),
     **lora_settings(),
     **run_settings(
@@ -178,30 +183,36 @@ def train(s: dict, stop: dict) -> int:
             return model(x, head=head), learned.sum(1).float()
 
     def losses(batch, ref_rows: np.ndarray, grad: bool):
+        """(the loss with its RPO term, chosen and rejected implicit rewards, the chosen tokens' NLL sum and count)"""
         lp, n = policy_logps(batch, grad)
         half = lp.shape[0] // 2
+        nll, n_chosen = -lp[:half].sum(), n[:half].sum()
         ref = torch.from_numpy(np.concatenate([ref_rows[:, 0], ref_rows[:, 1]])).to(lp.device, torch.float32)
         if s["loss_type"] == "ipo":  # IPO on per-token means (IPO's authors, TRL)
             lp, ref = lp / n, ref / n
         loss, rc, rr = dpo_loss(lp[:half], lp[half:], ref[:half], ref[half:], beta=s["beta"],
                                 loss_type=s["loss_type"], label_smoothing=s["label_smoothing"])  # fmt: skip
-        return loss, rc, rr
+        if s["rpo_alpha"]:
+            loss = loss + s["rpo_alpha"] * nll / n_chosen
+        return loss, rc, rr, float(nll.detach()), float(n_chosen)
 
     def evaluate(step):
         record = {"step": step}
         if val_pairs:
             model.eval()
-            tot = acc = margin = ch = rj = 0.0
+            tot = acc = margin = ch = rj = nll = n_chosen = 0.0
             for i in range(0, len(val_pairs), s["batch_size"]):  # every rank scores every held-out pair
                 chunk = val_pairs[i : i + s["batch_size"]]
-                loss, rc, rr = losses(preference.collate(chunk, pad), val_ref_lp[i : i + len(chunk)], grad=False)
-                tot += float(loss) * len(chunk)
+                loss, rc, rr, nl, nc = losses(preference.collate(chunk, pad), val_ref_lp[i : i + len(chunk)], False)
+                tot += (float(loss) - s["rpo_alpha"] * nl / nc) * len(chunk)  # the DPO part; RPO's below, overall
+                nll, n_chosen = nll + nl, n_chosen + nc
                 acc += float((rc > rr).sum())
                 margin += float((rc - rr).sum())
                 ch, rj = ch + float(rc.sum()), rj + float(rr.sum())
             n = len(val_pairs)
-            record.update(val_loss=tot / n, val_accuracy=acc / n, val_margin=margin / n, val_chosen_reward=ch / n,
-                          val_rejected_reward=rj / n)  # fmt: skip
+            record.update(val_loss=tot / n + s["rpo_alpha"] * nll / n_chosen, val_accuracy=acc / n,
+                          val_margin=margin / n, val_chosen_reward=ch / n, val_rejected_reward=rj / n,
+                          val_nll=nll / n_chosen)  # fmt: skip
             model.train()
         log.log(record)
         return record
@@ -222,13 +233,14 @@ def train(s: dict, stop: dict) -> int:
         lr_now = lr_at(step, **schedule)
         set_lr(optimizer, lr_now)
         local = loader.next_batch()
-        total = correct = gap = ch = rj = 0.0
+        total = correct = gap = ch = rj = nll = n_chosen = 0.0
         n_tokens = 0
         for m in range(s["grad_accum"]):
             dist.set_sync(model, m == s["grad_accum"] - 1)
             part = local[m * micro : (m + 1) * micro]
             batch = preference.collate(part, pad)
-            loss, rc, rr = losses(batch, ref_lp[[index[id(p)] for p in part]], grad=True)
+            loss, rc, rr, nl, nc = losses(batch, ref_lp[[index[id(p)] for p in part]], grad=True)
+            nll, n_chosen = nll + nl, n_chosen + nc
             (loss * (len(part) * d.world / s["batch_size"])).backward()  # the global mean over pairs
             total += float(loss.detach()) * len(part)
             correct += float((rc > rr).sum())
@@ -248,7 +260,8 @@ def train(s: dict, stop: dict) -> int:
         tokens = dist.all_sum(d, float(n_tokens))
         record = {"step": step + 1, "loss": step_loss, "accuracy": dist.all_sum(d, correct) / n,
                   "margin": dist.all_sum(d, gap) / n, "chosen_reward": dist.all_sum(d, ch) / n,
-                  "rejected_reward": dist.all_sum(d, rj) / n, "lr": lr_now, "grad_norm": grad_norm,
+                  "rejected_reward": dist.all_sum(d, rj) / n,
+                  "nll": dist.all_sum(d, nll) / max(dist.all_sum(d, n_chosen), 1.0), "lr": lr_now, "grad_norm": grad_norm,
                   "tokens_per_s": tokens / dt, "step_s": dt, "epoch": loader.epoch,
                   "peak_memory_gib": peak_memory_gib(d.device)}  # fmt: skip
         log.log(record)

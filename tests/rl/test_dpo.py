@@ -12,6 +12,7 @@ import torch
 from helpers import INTERRUPT_AT_STEP_3, flags, run_recipe, tiny_model, tiny_sentencepiece
 
 import opengemma
+from opengemma.data import preference
 from opengemma.recipes import dpo
 from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint
@@ -72,6 +73,24 @@ def test_step_0_is_the_reference_then_preferences_are_learned(setup, run):
     assert z["train"].shape == (33, 2) and (z["train"] < 0).all()  # val_data given: all 33 pairs train
     llm = opengemma.load(run / "merged")
     assert llm.instruction_tuned
+
+
+def test_rpo_adds_the_chosen_answers_nll(setup, tmp_path):
+    """rpo_alpha: the loss is DPO's plus alpha times the chosen answers' per-token NLL; at step 0 that NLL is the
+    exact scoring's (ref_logps.npz) over the chosen tokens, counted here from the encoded pairs."""
+    out = tmp_path / "rpo"
+    threads = torch.get_num_threads()
+    try:
+        assert dpo.main(args(setup, out, steps=1, rpo_alpha=0.5, export=False)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    _, evals = read_metrics(out / "metrics.jsonl")
+    tok = Tokenizer(str(setup / "base" / "tokenizer.model"))
+    held, _ = preference.encode_pairs(preference.read_pairs(setup / "val.jsonl"), tok, 48)
+    n_chosen = sum(b - a for a, b in (preference.answer_span(p.chosen_mask) for p in held))
+    z = np.load(out / "ref_logps.npz")
+    assert evals[0]["val_nll"] == pytest.approx(-z["val"][:, 0].sum() / n_chosen, rel=1e-5)
+    assert evals[0]["val_loss"] == pytest.approx(math.log(2) + 0.5 * evals[0]["val_nll"], abs=1e-5)
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted(setup, run, tmp_path):
