@@ -30,7 +30,13 @@ greedily and scored by the judge (or the reward): `val_judge`, `val_reward`.
 The run directory: metrics.jsonl, loss.png and rl.png (reward, judge, KL per step), samples at each eval,
 checkpoints/step_N/ (model or adapters, AdamW, prompt order, beta), and at the end merged/ (and adapter/ for LoRA
 runs), which `opengemma.load`, `chat`, `serve` and `eval` read. Rerunning resumes exactly; Ctrl-C saves and exits.
-One process: the rollouts run on the whole model.
+
+Under torchrun the policy is sharded with FSDP2 (train/dist.py) and each rank answers its share of the step's prompts
+(whole prompt groups, so RLOO stays per rank) on a whole copy of the policy (dist.replica: decoding a token at a
+time through FSDP would gather every layer per token), whose trained weights are gathered from the shards after each
+optimizer step (dist.copy_trained: the adapters only, with LoRA), as RL systems with a separate inference engine do.
+Rewards are whitened and metrics computed over every rank's answers; seeds follow the prompt's place in the step,
+so 2 ranks draw the same answers as 1 process (tests/rl/test_rlhf.py).
 """
 
 from __future__ import annotations
@@ -121,8 +127,8 @@ def train(s: dict, stop: dict) -> int:
     if s["reward_norm"] not in ("none", "whiten"):
         sys.exit(f"rlhf: reward_norm must be none or whiten, got {s['reward_norm']!r}")
     d = dist.init(s["device"])
-    if d.sharded:
-        sys.exit("rlhf: runs in one process (the rollouts decode on the whole model); use torchrun for sft/dpo/reward")
+    if s["prompts_per_step"] % d.world:
+        sys.exit(f"rlhf: prompts_per_step {s['prompts_per_step']} must divide among {d.world} ranks")
     if s["threads"]:
         torch.set_num_threads(s["threads"])
     dtype = dist.compute_dtype(s["dtype"], d.device)
@@ -151,18 +157,24 @@ def train(s: dict, stop: dict) -> int:
     if not lora:  # the frozen reference: a copy of the starting weights in the compute dtype
         ref = checkpoint.import_weights(s["model"])[0].to(device=d.device, dtype=dtype).eval().requires_grad_(False)
     del base
-    model = dist.build(cfg, d, state=state, seed=s["seed"], dtype=dtype,
-                       swap=(lambda m: apply_lora(m, lora)) if lora else None)  # fmt: skip
+    swap = (lambda m: apply_lora(m, lora)) if lora else None
+    model = dist.build(cfg, d, state=state, seed=s["seed"], dtype=dtype, swap=swap)
+    actor = model  # the rollouts' decoder: the policy itself in one process
+    if d.sharded:  # under FSDP a whole copy per rank, whose trained weights follow the policy's after each step
+        actor = dist.replica(cfg, state if lora else {k: v.clone() for k, v in state.items()}, s["seed"], swap)
+        actor = actor.to(d.device).eval().requires_grad_(False)
     del state
-    if lora:
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(dtype)
+    for m in {id(model): model, id(actor): actor}.values():  # a LoRA run's frozen base in the compute dtype
+        if lora and not (d.sharded and m is model):
+            for p in m.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(dtype)
     reward_model = _reward_model(s["reward_model"], d.device, dtype)
     judge_model = _reward_model(s["judge_model"], d.device, dtype)
     optimizer = build_optimizer(model, lr=lr, weight_decay=s["weight_decay"])
     P, K = s["prompts_per_step"], s["samples"]
-    loader = preference.Batches(records, P, seed=s["seed"])
+    P_local = P // d.world  # rank r answers prompts r, r + world, ... of each step's P (preference.Batches)
+    loader = preference.Batches(records, P, seed=s["seed"], rank=d.rank, world=d.world)
     kl_ctl = L.AdaptiveKL(s["kl_coef"], s["kl_target"], s["kl_horizon"])
     base_source = str(Path(s["model"]).resolve()) if Path(s["model"]).exists() else s["model"]
     run_meta = {
@@ -177,14 +189,17 @@ def train(s: dict, stop: dict) -> int:
         loader.load_state_dict(meta["data"])
         kl_ctl.load_state_dict(meta["kl"])
         start = meta["step"]
-        print(f"resumed from {resume} (step {start})", flush=True)
-    log = MetricsLog(out, enabled=True)
+        dist.print0(d, f"resumed from {resume} (step {start})")
+    if actor is not model:
+        dist.copy_trained(model, actor)
+    log = MetricsLog(out, enabled=d.main)
     stop_ids = list(tokenizer.stop_ids)
     newline = tokenizer.encode("\n", bos=False)
-    print(f"{cfg.name}: RLHF, {'LoRA r=' + str(lora.rank) if lora else 'full'}, "
-          f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained parameters; "
-          f"{len(records)} prompts ({len(held)} held out), {P} x {K} answers per step, reward from "
-          f"{s['verifier'] or s['reward_model']}; {s['steps']} steps on {d.device}", flush=True)  # fmt: skip
+    dist.print0(d, f"{cfg.name}: RLHF, {'LoRA r=' + str(lora.rank) if lora else 'full'}, "
+                   f"{sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M "
+                   f"trained parameters; {len(records)} prompts ({len(held)} held out), {P} x {K} answers per step, "
+                   f"reward from {s['verifier'] or s['reward_model']}; {s['steps']} steps, {d.world} process(es) on "
+                   f"{d.device}")  # fmt: skip
 
     def prompt_of(rec):
         return preference.prompt_messages(rec, "prompt")
@@ -245,19 +260,23 @@ def train(s: dict, stop: dict) -> int:
         return logprob_rows(ref, prompt_ids, outs)[0]
 
     def evaluate(step):
-        """Greedy answers to the held-out prompts, scored by the judge (and the training reward)."""
+        """Greedy answers to the held-out prompts (split among the ranks), scored by the judge (and the reward)."""
         record = {"step": step}
         if held:
-            ids = [tokenizer.encode_chat(prompt_of(r), add_generation_prompt=True)[0] for r in held]
-            model.eval()
-            outs = rollouts(model, ids, 1, s["max_new_tokens"], [0] * len(ids), stop_ids, temperature=0.0)
-            model.train()
-            record["val_reward"] = float(score(held, ids, outs, verifier, reward_model).mean())
+            part = held[d.rank :: d.world]
+            ids = [tokenizer.encode_chat(prompt_of(r), add_generation_prompt=True)[0] for r in part]
+            outs = []
+            if part:
+                actor.eval()
+                outs = rollouts(actor, ids, 1, s["max_new_tokens"], [0] * len(ids), stop_ids, temperature=0.0)
+                model.train()
+            total = lambda v: dist.all_sum(d, float(v)) / len(held)  # noqa: E731
+            record["val_reward"] = total(score(part, ids, outs, verifier, reward_model).sum() if part else 0)
             if judge_fn is not None or judge_model is not None:
-                record["val_judge"] = float(score(held, ids, outs, judge_fn, judge_model).mean())
-            record["val_response_length"] = float(np.mean([len(o.tokens) for o in outs]))
+                record["val_judge"] = total(score(part, ids, outs, judge_fn, judge_model).sum() if part else 0)
+            record["val_response_length"] = total(sum(len(o.tokens) for o in outs))
             record["samples"] = [{"prompt": prompt_of(r)[-1]["content"], "reply": completion_text(o.tokens)}
-                                 for r, o in list(zip(held, outs))[:3]]  # fmt: skip
+                                 for r, o in list(zip(part, outs))[:3]]  # fmt: skip
         log.log(record)
         return record
 
@@ -265,34 +284,39 @@ def train(s: dict, stop: dict) -> int:
         meta = {**run_meta, "data": loader.state_dict(), "kl": kl_ctl.state_dict(), "settings": s}
         checkpoint.save(out, step, model=model, optimizer=optimizer, meta=meta, d=d, keep=s["keep"],
                         tokenizer=tok_path, trainable_only=lora is not None)  # fmt: skip
-        plot_loss(out)
-        plot_rl(out)
+        if d.main:
+            plot_loss(out)
+            plot_rl(out)
 
     if start == 0:
         evaluate(0)
-    bar = Progress(s["steps"], initial=start, enabled=True)
+    bar = Progress(s["steps"], initial=start, enabled=d.main)
     metrics_file = out / "metrics.jsonl"
     judged = [(r["reward"], r["judge"]) for r in read_metrics(metrics_file)[0] if "judge" in r] if start else []
     model.train()
+    n, n_local = P * K, P_local * K
+    mine = slice(d.rank * n_local, (d.rank + 1) * n_local)  # this rank's rows in the step's gathered rows
     for step in range(start, s["steps"]):
         t0 = time.perf_counter()
         lr_now = lr_at(step, **schedule)
         set_lr(optimizer, lr_now)
         recs = loader.next_batch()
         prompt_ids = [tokenizer.encode_chat(prompt_of(r), add_generation_prompt=True)[0] for r in recs]
-        seeds = [row_seed(s["seed"], step, i, j) for i in range(P) for j in range(K)]
-        model.eval()
-        outs = rollouts(model, prompt_ids, K, s["max_new_tokens"], seeds, stop_ids, s["temperature"],
+        # seeds by the prompt's place in the whole step: the same samples on any number of ranks
+        seeds = [row_seed(s["seed"], step, d.rank + i * d.world, j) for i in range(P_local) for j in range(K)]
+        actor.eval()
+        outs = rollouts(actor, prompt_ids, K, s["max_new_tokens"], seeds, stop_ids, s["temperature"],
                         compile=s["compile"])  # fmt: skip
         model.train()
         t_roll = time.perf_counter() - t0
-        raw = score(recs, prompt_ids, outs, verifier, reward_model)  # (P*K,)
-        r = raw.clone()
-        finished = torch.tensor([o.finished for o in outs])
+        raw_local = score(recs, prompt_ids, outs, verifier, reward_model)  # (P_local*K,)
+        raw = dist.all_cat(d, raw_local)  # (P*K,): each rank's whole prompt groups, rank after rank
+        r = raw_local.clone()
+        finished = dist.all_cat(d, torch.tensor([o.finished for o in outs]))
         if s["unfinished_reward"] is not None:
-            r[~finished] = s["unfinished_reward"]
-        if s["reward_norm"] == "whiten":
-            r = L.whiten(r)
+            r[~finished[mine]] = s["unfinished_reward"]
+        if s["reward_norm"] == "whiten":  # over the whole step's rewards
+            r = L.whiten(dist.all_cat(d, r))[mine]
         ref_lp = ref_logprobs(prompt_ids, outs).cpu()
         accum = s["grad_accum"]
         if accum == 1:
@@ -305,46 +329,50 @@ def train(s: dict, stop: dict) -> int:
         k1 = L.kl_k1(lp_now, ref_lp) * mask_cpu
         beta = kl_ctl.beta
         shaped, kl_seq = L.kl_penalized_rewards(r, k1, mask_cpu, beta)
-        adv = L.rloo_advantages(shaped.view(P, K)).view(-1)
-        n = P * K
+        adv = L.rloo_advantages(shaped.view(P_local, K)).view(-1)  # a prompt's K answers are on one rank
         if accum == 1:
             loss = L.reinforce_loss(logp, mask, adv.to(logp.device))
-            loss.backward()
+            loss.backward()  # FSDP averages the ranks' gradients: the mean over all P*K answers
             loss_value = float(loss.detach())
         else:
             loss_value = 0.0
-            size = math.ceil(n / accum)
-            for m0 in range(0, n, size):
-                rows = slice(m0, min(n, m0 + size))
+            size = math.ceil(n_local / accum)
+            for m0 in range(0, n_local, size):
+                rows = slice(m0, min(n_local, m0 + size))
+                dist.set_sync(model, rows.stop == n_local)
                 lp, mk = logprob_rows(model, prompt_ids, outs, rows, grad=True)
-                part = L.reinforce_loss(lp, mk, adv[rows].to(lp.device)) * (mk.shape[0] / n)
+                part = L.reinforce_loss(lp, mk, adv[rows].to(lp.device)) * (mk.shape[0] / n_local)
                 part.backward()
                 loss_value += float(part.detach())
         grad_norm = dist.clip_grad_norm(model, s["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        kl_mean = float(kl_seq.mean())
+        if actor is not model:
+            dist.copy_trained(model, actor)  # the next rollouts sample from the updated policy
+        # the step's metrics over every rank's answers
+        kl_all = dist.all_cat(d, kl_seq)
+        kl_mean = float(kl_all.mean())
         kl_ctl.update(kl_mean, n)
-        lengths = torch.tensor([len(o.tokens) for o in outs], dtype=torch.float32)
+        lengths = dist.all_cat(d, torch.tensor([len(o.tokens) for o in outs], dtype=torch.float32))
+        k3 = dist.all_cat(d, (L.kl_k3(lp_now, ref_lp) * mask_cpu).sum(-1))
+        entropy = dist.all_sum(d, float(-(lp_now * mask_cpu).sum())) / max(dist.all_sum(d, float(mask_cpu.sum())), 1)
         groups = raw.view(P, K)
         dt = time.perf_counter() - t0
-        record = {"step": step + 1, "loss": loss_value, "reward": float(raw.mean()), "reward_std": float(raw.std()),
-                  "shaped_reward": float(shaped.mean()), "kl": kl_mean,
-                  "kl_k3": float((L.kl_k3(lp_now, ref_lp) * mask_cpu).sum(-1).mean()),
-                  "response_length": float(lengths.mean()),
-                  "entropy": float(-(lp_now * mask_cpu).sum() / mask_cpu.sum().clamp_min(1)),
-                  "truncated": float((~finished).float().mean()),
+        record = {"step": step + 1, "loss": dist.all_sum(d, loss_value) / d.world, "reward": float(raw.mean()),
+                  "reward_std": float(raw.std()), "shaped_reward": dist.all_sum(d, float(shaped.sum())) / n,
+                  "kl": kl_mean, "kl_k3": float(k3.mean()), "response_length": float(lengths.mean()),
+                  "entropy": entropy, "truncated": float((~finished).float().mean()),
                   "no_signal_groups": float((groups.max(1).values == groups.min(1).values).float().mean()),
                   "beta": beta, "lr": lr_now, "grad_norm": grad_norm, "step_s": dt, "rollout_s": t_roll,
                   "tokens_per_s": float(lengths.sum()) / dt, "peak_memory_gib": peak_memory_gib(d.device)}  # fmt: skip
-        if record["truncated"] > 0.5:
+        if record["truncated"] > 0.5 and d.main:
             warnings.warn(f"step {step + 1}: {record['truncated']:.0%} of the answers were cut at max_new_tokens "
                           "(their rewards may carry no signal: raise max_new_tokens or set unfinished_reward)")  # fmt: skip
         hacked = False
         if (step + 1) % s["judge_every"] == 0 and (judge_fn is not None or judge_model is not None):
-            record["judge"] = float(score(recs, prompt_ids, outs, judge_fn, judge_model).mean())
+            record["judge"] = float(dist.all_cat(d, score(recs, prompt_ids, outs, judge_fn, judge_model)).mean())
             judged.append((record["reward"], record["judge"]))
-            hacked = hacking(judged, s["watch_window"], s["watch_tolerance"])
+            hacked = hacking(judged, s["watch_window"], s["watch_tolerance"])  # the same on every rank
             record["hacking"] = hacked
             if hacked:
                 bar.write(f"step {step + 1}: reward-hacking watch: the reward rose while the judge fell "
@@ -356,19 +384,21 @@ def train(s: dict, stop: dict) -> int:
             v = evaluate(step + 1)
             bar.write(f"step {step + 1}: reward {record['reward']:.3f}, kl {kl_mean:.3f}"
                       + (f", held-out judge {v['val_judge']:.3f}" if "val_judge" in v else ""))  # fmt: skip
-        halt = stop["now"] or (hacked and s["stop_on_hacking"])
+        interrupted = dist.all_sum(d, float(stop["now"])) > 0  # every rank agrees, or a collective would hang
+        halt = interrupted or (hacked and s["stop_on_hacking"])
         if (step + 1) % s["save_every"] == 0 or done or halt:
             save(step + 1)
         if halt:
-            why = "reward hacking flagged" if not stop["now"] else "interrupted"
-            print(f"\n{why}: saved {out / 'checkpoints' / f'step_{step + 1}'}", flush=True)
+            why = "reward hacking flagged" if not interrupted else "interrupted"
+            dist.print0(d, f"\n{why}: saved {out / 'checkpoints' / f'step_{step + 1}'}")
             break
     bar.close()
     dist.shutdown(d)
-    plot_loss(out)
-    plot_rl(out)
-    if not stop["now"] and s["export"]:
-        checkpoint.export_tuned(checkpoint.latest(out), out, lora is not None)
+    if d.main:
+        plot_loss(out)
+        plot_rl(out)
+        if not stop["now"] and s["export"]:
+            checkpoint.export_tuned(checkpoint.latest(out), out, lora is not None)
     return 0
 
 

@@ -83,6 +83,34 @@ def all_sum(d: Dist, value: float) -> float:
     return float(t.item())
 
 
+def all_cat(d: Dist, t: torch.Tensor) -> torch.Tensor:
+    """Every rank's tensor (the same shape on each) concatenated along dim 0 in rank order, on the CPU: per-row
+    values (RL rewards, KLs) gathered into the whole step's. t itself in one process."""
+    if not d.sharded:
+        return t
+    t = t.contiguous().to(d.device)
+    parts = [torch.empty_like(t) for _ in range(d.world)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts).cpu()
+
+
+def replica(cfg: GemmaConfig, state: dict[str, torch.Tensor], seed: int, swap=None) -> Gemma:
+    """A whole, unsharded model on this rank, the same as `build` starts from (e.g. the RL rollouts' decoder: a
+    token at a time through FSDP would gather every layer per token). Its trained weights follow the sharded
+    model through `copy_trained`. `state` is taken as is (assigned, not copied)."""
+    return _full_model(cfg, state, seed, swap)
+
+
+@torch.no_grad()
+def copy_trained(src: nn.Module, dst: nn.Module) -> None:
+    """dst's parameters set from src's trainable ones, gathered whole from every rank's shard (a collective under
+    FSDP2: every rank calls it), by name: fully_shard keeps the parameters' names."""
+    params = dict(dst.named_parameters())
+    for name, p in src.named_parameters():
+        if p.requires_grad:
+            params[name].copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
+
+
 def autocast(d: Dist, dtype: torch.dtype):
     """bf16 compute for one process (fp32 master weights): autocast. Sharded runs get bf16 from FSDP's
     MixedPrecisionPolicy instead (parameters gathered in bf16, gradients reduced in fp32)."""

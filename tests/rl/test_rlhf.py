@@ -115,3 +115,23 @@ def test_bad_settings_and_records_fail_clearly(setup, tmp_path, capsys):
     bad.write_text('{"prompt": "fine"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
     assert rlhf.main(args(setup, tmp_path / "d", prompts=bad)) == 2
     assert f"{bad}:2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+def test_two_gloo_ranks_equal_one_process(setup, tmp_path, lora):
+    """Under torchrun the policy is sharded (FSDP2) and each rank answers half the prompts on its whole copy, synced
+    after every step: the same answers, rewards, KLs and held-out scores as one process."""
+    common = dict(steps=3, eval_every=3, judge_every=1, save_every=3, export=False, lora_rank=lora, lr=3e-2 if lora else 1e-2,
+                  reward_norm="whiten")  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = run_recipe("rlhf", args(setup, one, **common))
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = run_recipe("rlhf", args(setup, two, **common), torchrun=True)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    (t1, e1), (t2, e2) = (read_metrics(o / "metrics.jsonl", val_key="val_reward") for o in (one, two))
+    assert t1[-1]["kl"] > 1e-3  # the policy moved, and the copies followed it: later steps sample from it
+    for key in ("reward", "reward_std", "response_length", "truncated", "no_signal_groups", "judge"):
+        assert [r[key] for r in t2] == [r[key] for r in t1], key
+    for key in ("loss", "kl", "kl_k3", "entropy", "shaped_reward", "beta"):
+        np.testing.assert_allclose([r[key] for r in t2], [r[key] for r in t1], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert [(r["val_reward"], r["val_judge"]) for r in e2] == [(r["val_reward"], r["val_judge"]) for r in e1]
