@@ -177,8 +177,12 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=120, help="held-out problems")
     ap.add_argument("--pair-prompts", type=int, default=256, help="training problems sampled for preference pairs")
     ap.add_argument("--pairs-per-problem", type=int, default=2)
-    ap.add_argument("--checker-run", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run RLHF with the checker as the reward (the RL without a reward model's errors)")
+    ap.add_argument(
+        "--checker-run",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run RLHF with the checker as the reward (the RL without a reward model's errors)",
+    )
     ap.add_argument("--kl-coef", type=float, default=0.05)
     ap.add_argument("--kl-budget", type=float, default=5.0, help="the final KL to SFT (nats per answer) judged ok")
     args = ap.parse_args()
@@ -316,6 +320,7 @@ def main() -> None:
     print(f"\nSFT pass@4 {st['sft']['pass@4']:.3f}; reward model held-out pairwise accuracy "
           f"{st['reward_model']['held_out_pairwise_accuracy']:.3f}; hacking flags at steps {st['rlhf']['hacking_flags']}")  # fmt: skip
     print(f"targets: {res['targets']}; {res['minutes']:.1f} min; wrote {results_dir / (name + '.json')}")
+
 
 if __name__ == "__main__":
     main()

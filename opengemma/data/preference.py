@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sft import DataError, read_jsonl, record_messages
+from .sft import DataError, read_jsonl, record_messages, split_holdout
 
 
 def _side(record: dict, key: str, where: str) -> list[dict]:
@@ -183,3 +183,14 @@ def prompt_messages(record: dict, where: str) -> list[dict]:
 def read_prompts(path) -> list[dict]:
     """Every record of an RLHF prompt file, checked; errors name the line."""
     return read_jsonl(path, check=prompt_messages)
+
+
+def read_sets(read, data, val_data, val_fraction: float, val_max: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) records of a recipe: `read` (read_pairs or read_prompts) of `data`, and of `val_data`
+    when given, else a seeded split of data's (data/sft.py's split_holdout). Bad records fail here, naming the line,
+    before any model is loaded."""
+    records = read(data)
+    held = read(val_data) if val_data else []
+    if not held:
+        records, held = split_holdout(records, val_fraction, val_max, seed)
+    return records, held

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from opengemma.data import preference
-from opengemma.data.sft import DataError, data_fingerprint, split_holdout
+from opengemma.data.sft import DataError, data_fingerprint
 from opengemma.engine.score import Scorer
 from opengemma.lora import LoRAConfig, apply_lora
 from opengemma.rl.losses import dpo_loss
@@ -58,8 +58,12 @@ SETTINGS = {
     "beta": (0.1, float, "DPO's beta (the paper's and TRL's 0.1); IPO's tau with loss_type ipo"),
     "loss_type": ("sigmoid", str, "sigmoid (DPO) | ipo"),
     "label_smoothing": (0.0, float, "conservative DPO's assumed label noise (sigmoid only)"),
-    "rpo_alpha": (0.0, float, "weight of the chosen answers' per-token NLL added to the loss (RPO, Pang et al. "
-                  "2024: 1.0; TRL's rpo_alpha); keeps DPO from lowering the chosen answers on reasoning tasks"),
+    "rpo_alpha": (
+        0.0,
+        float,
+        "weight of the chosen answers' per-token NLL added to the loss (RPO, Pang et al. "
+        "2024: 1.0; TRL's rpo_alpha); keeps DPO from lowering the chosen answers on reasoning tasks",
+    ),
     **optim_settings(None, "peak learning rate (default 1e-6, TRL's and the DPO paper's; 1e-5 with LoRA)"),
     **lora_settings(),
     **run_settings(
@@ -99,14 +103,12 @@ def train(s: dict, stop: dict) -> int:
     if s["lora_rank"]:
         lora = LoRAConfig(rank=s["lora_rank"], alpha=s["lora_alpha"] or 2.0 * s["lora_rank"], targets=s["lora_targets"])
     lr = s["lr"] or (1e-5 if lora else 1e-6)
-    records = preference.read_pairs(s["data"])  # bad data fails before any model is loaded
-    held = preference.read_pairs(s["val_data"]) if s["val_data"] else []
+    records, held = preference.read_sets(preference.read_pairs, s["data"], s["val_data"], s["val_fraction"],
+                                         s["val_max"], s["seed"])  # fmt: skip
     base, tok_path = checkpoint.import_weights(s["model"])
     if tok_path is None:
         sys.exit(f"dpo: {s['model']} has no tokenizer.model")
     tokenizer, cfg = Tokenizer(tok_path), base.config
-    if not held:
-        records, held = split_holdout(records, s["val_fraction"], s["val_max"], s["seed"])
     pairs, stats = preference.encode_pairs(records, tokenizer, s["seq_len"], source=s["data"])
     val_pairs, _ = preference.encode_pairs(held, tokenizer, s["seq_len"], source=s["val_data"] or s["data"])
     pad = tokenizer.pad_id or 0

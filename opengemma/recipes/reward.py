@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from opengemma.data import preference
-from opengemma.data.sft import DataError, split_holdout
+from opengemma.data.sft import DataError
 from opengemma.rl.reward import add_reward_head, init_reward_head, pairwise_accuracy, rewards, save_reward_model
 from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint, dist
@@ -68,14 +68,12 @@ def train(s: dict, stop: dict) -> int:
         sys.exit(f"reward: batch_size {s['batch_size']} must divide into {d.world} ranks x {s['grad_accum']} micro")
     dtype = dist.compute_dtype(s["dtype"], d.device)
     out = Path(s["out"])
-    records = preference.read_pairs(s["data"])  # bad data fails before the model is loaded
-    held = preference.read_pairs(s["val_data"]) if s["val_data"] else []
+    records, held = preference.read_sets(preference.read_pairs, s["data"], s["val_data"], s["val_fraction"],
+                                         s["val_max"], s["seed"])  # fmt: skip
     base, tok_path = checkpoint.import_weights(s["model"])
     if tok_path is None:
         sys.exit(f"reward: {s['model']} has no tokenizer.model")
     tokenizer, cfg = Tokenizer(tok_path), base.config
-    if not held:
-        records, held = split_holdout(records, s["val_fraction"], s["val_max"], s["seed"])
     pairs, stats = preference.encode_pairs(records, tokenizer, s["seq_len"], source=s["data"])
     val_pairs, _ = preference.encode_pairs(held, tokenizer, s["seq_len"], source=s["val_data"] or s["data"])
     pad = tokenizer.pad_id or 0

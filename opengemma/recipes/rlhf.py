@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from opengemma.data import preference
-from opengemma.data.sft import DataError, split_holdout
+from opengemma.data.sft import DataError
 from opengemma.lora import LoRAConfig, adapters_disabled, apply_lora
 from opengemma.rl import losses as L
 from opengemma.rl.judge import hacking, load_callable
@@ -135,10 +135,8 @@ def train(s: dict, stop: dict) -> int:
     out = Path(s["out"])
     verifier = load_callable(s["verifier"], "verifier") if s["verifier"] else None
     judge_fn = load_callable(s["judge"], "judge") if s["judge"] else None
-    records = preference.read_prompts(s["prompts"])  # bad data fails before any model is loaded
-    held = preference.read_prompts(s["val_prompts"]) if s["val_prompts"] else []
-    if not held:
-        records, held = split_holdout(records, s["val_fraction"], s["val_max"], s["seed"])
+    records, held = preference.read_sets(preference.read_prompts, s["prompts"], s["val_prompts"], s["val_fraction"],
+                                         s["val_max"], s["seed"])  # fmt: skip
     lora = None
     if s["lora_rank"]:
         alpha = s["lora_alpha"] or 2.0 * s["lora_rank"]
