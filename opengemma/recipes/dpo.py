@@ -8,10 +8,11 @@
 (`loss_type ipo`: (h - 1/(2 beta))^2 on per-token mean log-probabilities; `label_smoothing`: conservative DPO),
 log-probabilities summed over the final answer's tokens and its <end_of_turn>. `rpo_alpha` > 0 adds
 alpha * NLL(y_w), the chosen answers' mean per-token negative log-likelihood (RPO: Pang et al. 2024, "Iterative
-Reasoning Preference Optimization", where DPO alone lowered both sides' likelihood and hurt GSM8K accuracy). The reference is the starting model
-(`ref_model` to name another); its log-probabilities are computed once, before training, without gradients,
-through the engine's exact scoring (engine/score.py), and kept in the run directory (ref_logps.npz), so neither a
-second model in memory nor a second forward per step is needed. Full fine-tuning or LoRA.
+Reasoning Preference Optimization", where DPO alone lowered both sides' likelihood and hurt GSM8K accuracy).
+The reference is the starting model (`ref_model` to name another); its log-probabilities are computed once, before
+training, without gradients, through the engine's exact scoring (engine/score.py), and kept in the run directory
+(ref_logps.npz), so neither a second model in memory nor a second forward per step is needed. Full fine-tuning or
+LoRA.
 Logged: loss, accuracy (the implicit reward of the chosen answer above the rejected one's), margin, the mean
 implicit rewards beta (log pi - log ref) of each side, nll (the chosen answers' per-token NLL); val_* the same on
 held-out pairs at each eval.
@@ -40,21 +41,12 @@ from opengemma.train import checkpoint, dist
 from opengemma.train.loss import token_logprobs
 from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import lora_settings, optim_settings, run_recipe, run_settings
+from opengemma.train.settings import lora_settings, optim_settings, pairs_settings, run_recipe, run_settings
 
 SETTINGS = {
     "model": ("gemma-3-270m", str, "the starting policy (the SFT model): a name, a HF directory, a checkpoint"),
     "ref_model": (None, str, "the reference (default: the starting model)"),
-    "data": (None, str, "training pairs, JSONL (prompt / chosen / rejected)"),
-    "val_data": (None, str, "held-out pairs (default: a seeded val_fraction of data)"),
-    "val_fraction": (0.05, float, "held out of data when there is no val_data"),
-    "val_max": (500, int, "at most this many held-out pairs"),
-    "out": ("runs/dpo", str, "the run directory"),
-    "steps": (0, int, "optimizer steps (0: `epochs` passes over the pairs)"),
-    "epochs": (1.0, float, "passes over the pairs when steps is 0"),
-    "batch_size": (8, int, "pairs per optimizer step, over all ranks and micro-batches"),
-    "grad_accum": (1, int, "micro-batches per optimizer step"),
-    "seq_len": (512, int, "tokens per side (longer ones are cut)"),
+    **pairs_settings("runs/dpo"),
     "beta": (0.1, float, "DPO's beta (the paper's and TRL's 0.1); IPO's tau with loss_type ipo"),
     "loss_type": ("sigmoid", str, "sigmoid (DPO) | ipo"),
     "label_smoothing": (0.0, float, "conservative DPO's assumed label noise (sigmoid only)"),

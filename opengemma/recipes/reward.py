@@ -34,20 +34,13 @@ from opengemma.tokenizer import Tokenizer
 from opengemma.train import checkpoint, dist
 from opengemma.train.metrics import MetricsLog, Progress, peak_memory_gib, plot_loss
 from opengemma.train.optim import build_optimizer, lr_at, set_lr
-from opengemma.train.settings import optim_settings, run_recipe, run_settings
+from opengemma.train.settings import optim_settings, pairs_settings, run_recipe, run_settings
 
 SETTINGS = {
     "model": ("gemma-3-270m", str, "the starting model (usually the SFT model): a name, a HF directory, a checkpoint"),
-    "data": (None, str, "training pairs, JSONL (prompt / chosen / rejected)"),
-    "val_data": (None, str, "held-out pairs (default: a seeded val_fraction of data)"),
-    "val_fraction": (0.05, float, "held out of data when there is no val_data"),
-    "val_max": (500, int, "at most this many held-out pairs"),
-    "out": ("runs/reward", str, "the run directory"),
-    "steps": (0, int, "optimizer steps (0: `epochs` passes over the pairs)"),
-    "epochs": (1.0, float, "passes over the pairs when steps is 0 (InstructGPT's reward models: 1, they overfit)"),
-    "batch_size": (8, int, "pairs per optimizer step, over all ranks and micro-batches"),
-    "grad_accum": (1, int, "micro-batches per optimizer step"),
-    "seq_len": (512, int, "tokens per side (longer ones are cut)"),
+    **pairs_settings(
+        "runs/reward", "passes over the pairs when steps is 0 (InstructGPT's reward models: 1, they overfit)"
+    ),
     **optim_settings(1e-5, "peak learning rate (InstructGPT's 6B reward model: 9e-6)"),
     "center_rewards": (0.0, float, "coefficient of mean((r_chosen + r_rejected)^2), keeping rewards centred"),
     **run_settings(seed_help="data order, held-out split and the head's init", export_help="write model/ at the end"),

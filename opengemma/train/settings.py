@@ -126,6 +126,22 @@ def lora_settings(dropout: bool = False) -> dict[str, tuple]:
     return out
 
 
+def pairs_settings(out: str, epochs_help: str = "passes over the pairs when steps is 0") -> dict[str, tuple]:
+    """The data and batch settings of a recipe that trains on preference pairs (reward, DPO)."""
+    return {
+        "data": (None, str, "training pairs, JSONL (prompt / chosen / rejected)"),
+        "val_data": (None, str, "held-out pairs (default: a seeded val_fraction of data)"),
+        "val_fraction": (0.05, float, "held out of data when there is no val_data"),
+        "val_max": (500, int, "at most this many held-out pairs"),
+        "out": (out, str, "the run directory"),
+        "steps": (0, int, "optimizer steps (0: `epochs` passes over the pairs)"),
+        "epochs": (1.0, float, epochs_help),
+        "batch_size": (8, int, "pairs per optimizer step, over all ranks and micro-batches"),
+        "grad_accum": (1, int, "micro-batches per optimizer step"),
+        "seq_len": (512, int, "tokens per side (longer ones are cut)"),
+    }
+
+
 def run_settings(
     *,
     save_every: int = 200,
