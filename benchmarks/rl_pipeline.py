@@ -2,7 +2,7 @@
 and DPO from the same SFT model beside it, each stage scored on held-out arithmetic word problems that a program
 checks (opengemma/data/arithmetic.py; the held-out problems' numbers never appear in training).
 
-    python benchmarks/rl_pipeline.py [--model gemma-3-270m] [--out runs/pipeline]       # about 75-90 min, 2 cores
+    python benchmarks/rl_pipeline.py [--model gemma-3-270m] [--out runs/pipeline]       # ~110 min on 2 cores; ~90 with --no-checker-run
     python benchmarks/rl_pipeline.py --tiny --out /tmp/pipe                              # dry run of every stage
 
 Stages (each a recipe run as users run it, in its own process; a stage whose output exists is skipped, so a rerun
