@@ -160,13 +160,14 @@ def train(s: dict, stop: dict) -> int:
     actor = model  # the rollouts' decoder: the policy itself in one process
     if d.sharded:  # under FSDP a whole copy per rank, whose trained weights follow the policy's after each step
         actor = dist.replica(cfg, state if lora else {k: v.clone() for k, v in state.items()}, s["seed"], swap)
-        actor = actor.to(d.device).eval().requires_grad_(False)
+        actor = actor.to(d.device).eval()
     del state
-    for m in {id(model): model, id(actor): actor}.values():  # a LoRA run's frozen base in the compute dtype
-        if lora and not (d.sharded and m is model):
-            for p in m.parameters():
-                if not p.requires_grad:
-                    p.data = p.data.to(dtype)
+    if lora:  # the decoder's frozen base in the compute dtype (the shards get theirs from FSDP's policy)
+        for p in actor.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+    if actor is not model:
+        actor.requires_grad_(False)
     reward_model = _reward_model(s["reward_model"], d.device, dtype)
     judge_model = _reward_model(s["judge_model"], d.device, dtype)
     optimizer = build_optimizer(model, lr=lr, weight_decay=s["weight_decay"])
