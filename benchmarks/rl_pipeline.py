@@ -128,6 +128,24 @@ def make_pairs(problems: list[dict], samples: list[list[str]], per_problem: int)
                    "no_wrong_sample": none_wrong}  # fmt: skip
 
 
+def likelihood_pairwise(model_dir, pairs_path: Path, cache: Path) -> float:
+    """The fraction of pairs whose chosen answer the model itself finds likelier (sum of log p over the answer,
+    by DPO's exact reference scoring): what a reward model initialized from this model knows before training,
+    the reference point for its pairwise accuracy. Cached in `cache`."""
+    if cache.exists():
+        return json.loads(cache.read_text())["accuracy"]
+    import opengemma
+    from opengemma.data import preference
+    from opengemma.recipes.dpo import reference_logps
+
+    llm = opengemma.load(str(model_dir), dtype="float32", progress=False)
+    pairs, _ = preference.encode_pairs(preference.read_pairs(pairs_path), llm.tokenizer, 160, source=str(pairs_path))
+    lp = reference_logps(llm.model, pairs, progress=False)
+    acc = float((lp[:, 0] > lp[:, 1]).mean())
+    cache.write_text(json.dumps({"accuracy": acc, "pairs": len(pairs), "logps": lp.tolist()}))
+    return acc
+
+
 def plot(out: Path, path: Path) -> None:
     """Per RLHF step: the reward model's reward, the judge (the checker) on train rollouts and held-out, the KL."""
     from matplotlib.figure import Figure
@@ -265,9 +283,13 @@ def main() -> None:
     res["stages"]["reward_model"] = {"held_out_pairwise_accuracy": rm_evals[-1]["val_accuracy"],
                                      "before_training": rm_evals[0]["val_accuracy"],
                                      "curve": [(r["step"], r["val_accuracy"]) for r in rm_evals],
-                                     "held_out_pairs": res["stages"]["pairs"]["held_out"]["pairs"]}  # fmt: skip
+                                     "held_out_pairs": res["stages"]["pairs"]["held_out"]["pairs"],
+                                     # the SFT model's own likelihood ranking of the same held-out pairs
+                                     "sft_likelihood_pairwise": likelihood_pairwise(
+                                         sft / "merged", out / "val_pairs.jsonl", out / "sft_pair_logps.json")}  # fmt: skip
     say(
         f"reward model: held-out pairwise accuracy {rm_evals[0]['val_accuracy']:.3f} -> {rm_evals[-1]['val_accuracy']:.3f}"
+        f" (the SFT model's likelihood ranks {res['stages']['reward_model']['sft_likelihood_pairwise']:.3f} right)"
     )
 
     # 6. RLHF from the SFT model: the reward model's reward, the checker as the judge (the reward-hacking watch);
