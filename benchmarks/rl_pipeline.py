@@ -14,7 +14,8 @@ continues where it stopped):
    rollouts); a wrong sample is the rejected side, a right sample (or the reference answer when none was right)
    the chosen one: "a correct answer preferred to a wrong one sampled from the SFT model"; up to
    --pairs-per-problem distinct wrong samples per training problem, one per held-out problem.
-5. reward model (recipes/reward.py) on the pairs; its held-out pairwise accuracy.
+5. reward model (recipes/reward.py) on the pairs; its held-out pairwise accuracy, beside the SFT model's own
+   likelihood ranking of the same pairs (what the reward model's trunk knows before training).
 6. RLHF (recipes/rlhf.py) from the SFT model with the reward model's reward, the ground-truth checker as the
    held-out judge (the reward-hacking watch), KL penalty to the SFT model; held-out accuracy and final KL. Beside it
    (--checker-run, on by default) the same RLHF with the checker as the reward: the RL without the reward model's
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 T0 = time.perf_counter()
+PAIR_LEN = 160  # tokens per side of a preference pair, in every stage that reads the pairs
 
 
 def say(msg: str) -> None:
@@ -139,7 +141,9 @@ def likelihood_pairwise(model_dir, pairs_path: Path, cache: Path) -> float:
     from opengemma.recipes.dpo import reference_logps
 
     llm = opengemma.load(str(model_dir), dtype="float32", progress=False)
-    pairs, _ = preference.encode_pairs(preference.read_pairs(pairs_path), llm.tokenizer, 160, source=str(pairs_path))
+    pairs, _ = preference.encode_pairs(
+        preference.read_pairs(pairs_path), llm.tokenizer, PAIR_LEN, source=str(pairs_path)
+    )
     lp = reference_logps(llm.model, pairs, progress=False)
     acc = float((lp[:, 0] > lp[:, 1]).mean())
     cache.write_text(json.dumps({"accuracy": acc, "pairs": len(pairs), "logps": lp.tolist()}))
@@ -274,7 +278,7 @@ def main() -> None:
     rm = out / "rm"
     if not (rm / "model" / "config.json").exists():
         res["stages"]["rm_train_s"] = recipe("reward", rm, {"model": sft / "merged", "data": out / "pairs.jsonl",
-            "val_data": out / "val_pairs.jsonl", "steps": args.rm_steps, "batch_size": 8, "seq_len": 160,
+            "val_data": out / "val_pairs.jsonl", "steps": args.rm_steps, "batch_size": 8, "seq_len": PAIR_LEN,
             "lr": args.rm_lr, "warmup": 5, "eval_every": args.rm_steps // 4, "save_every": 1000, **common},
             out / "rm.log")  # fmt: skip
     from opengemma.train.metrics import read_metrics
@@ -315,7 +319,7 @@ def main() -> None:
     dp = out / "dpo"
     if not (dp / "merged" / "config.json").exists():
         res["stages"]["dpo_train_s"] = recipe("dpo", dp, {"model": sft / "merged", "data": out / "pairs.jsonl",
-            "val_data": out / "val_pairs.jsonl", "steps": args.dpo_steps, "batch_size": 8, "seq_len": 160,
+            "val_data": out / "val_pairs.jsonl", "steps": args.dpo_steps, "batch_size": 8, "seq_len": PAIR_LEN,
             "lora_rank": 16, "lr": args.dpo_lr, "beta": 0.1, "rpo_alpha": args.rpo_alpha, "warmup": 3,
             "eval_every": args.dpo_steps // 2, "save_every": 1000, **common}, out / "dpo.log")  # fmt: skip
     res["stages"]["dpo"], _ = accuracy(dp / "merged", test, max_new)
